@@ -1,0 +1,43 @@
+import { AppError } from '../domain/errors.ts';
+import type { Principal } from '../domain/types.ts';
+import type { AppRow, ConversationRow } from '../storage/tables.ts';
+
+/**
+ * Every authorization decision of Parley, taken right after the entity is loaded.
+ * A resource the caller may not see answers exactly like a missing one (404), so existence never leaks.
+ */
+export type ConversationAction = 'read' | 'write';
+
+export function authorizeConversation(p: Principal, conv: ConversationRow | undefined, action: ConversationAction): ConversationRow {
+  if (!conv || conv.is_delete) throw AppError.notFound('Conversation not found');
+  const owner = conv.user_id === p.id;
+  if (owner || (action === 'read' && p.role === 'admin' && !p.apiKey)) return conv;
+  throw AppError.notFound('Conversation not found');
+}
+
+export function requireAdmin(p: Principal): void {
+  if (p.role !== 'admin' || p.apiKey) throw new AppError('forbidden', 'Admin only');
+}
+
+export function canEditApps(p: Principal): boolean {
+  return p.role === 'admin' && !p.apiKey;
+}
+
+/** May the caller see the app at all (exists, not deleted, within the API key's scope)? */
+export function authorizeAppVisible(p: Principal, app: AppRow | undefined): AppRow {
+  if (!app) throw AppError.notFound('App not found');
+  if (app.is_delete) throw new AppError('app_deleted');
+  if (p.apiKey?.appIds && !p.apiKey.appIds.includes(app.id)) throw AppError.notFound('App not found');
+  return app;
+}
+
+/** May the caller chat with the published app? Admins may also use drafts (debug mode). */
+export function authorizeAppChat(p: Principal, app: AppRow | undefined, opts: { draft: boolean }): AppRow {
+  const visible = authorizeAppVisible(p, app);
+  if (opts.draft) {
+    if (!canEditApps(p)) throw new AppError('forbidden', 'Debug mode is for app editors');
+    return visible;
+  }
+  if (!visible.online || visible.published_version === null) throw new AppError('app_offline');
+  return visible;
+}

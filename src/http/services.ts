@@ -1,0 +1,20 @@
+import type { AppService } from '../apps/app-service.ts';
+import type { AuthService } from '../auth/auth-service.ts';
+import type { ConversationService } from '../chat/conversation-service.ts';
+import type { TurnControl } from '../chat/turn-control.ts';
+import type { Config } from '../config/config.ts';
+import type { Db } from '../storage/db.ts';
+import type { Repos } from '../storage/repos.ts';
+import type { Metrics } from './metrics.ts';
+
+/** Everything the HTTP layer may call, built by the composition root (src/server.ts). */
+export interface Services {
+  config: Config;
+  db: Db;
+  repos: Repos;
+  auth: AuthService;
+  apps: AppService;
+  conversations: ConversationService;
+  turns: TurnControl;
+  metrics: Metrics;
+}

@@ -1,0 +1,88 @@
+import { randomBytes } from 'node:crypto';
+import pino, { type Logger } from 'pino';
+import { AppService } from './apps/app-service.ts';
+import { AuthService } from './auth/auth-service.ts';
+import { TokenService } from './auth/tokens.ts';
+import { ConversationService } from './chat/conversation-service.ts';
+import { IdleTurnControl } from './chat/turn-control.ts';
+import type { Config } from './config/config.ts';
+import { buildApp, type App } from './http/app.ts';
+import { Metrics } from './http/metrics.ts';
+import type { Services } from './http/services.ts';
+import { openDb, type Db } from './storage/db.ts';
+import { migrateToLatest } from './storage/migrations.ts';
+import { createRepos } from './storage/repos.ts';
+
+export interface ServerHandle {
+  app: App;
+  services: Services;
+  /** set when this start created the admin account */
+  bootstrap: { password: string; generated: boolean } | null;
+  /** http://host:port once listening */
+  url: string;
+  close(): Promise<void>;
+}
+
+export function createLogger(config: Config): Logger {
+  return pino({
+    level: config.log.level,
+    redact: { paths: ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', 'headers.cookie', 'password', '*.password'], censor: '[redacted]' },
+  });
+}
+
+export async function openDatabase(config: Config): Promise<Db> {
+  const db = openDb({ url: config.server.database_url, dataDir: config.server.data_dir });
+  await migrateToLatest(db.kysely as never, db.dialect);
+  return db;
+}
+
+/** The composition root: the only place that chooses implementations. */
+export async function createServer(config: Config, opts: { logger?: Logger } = {}): Promise<ServerHandle> {
+  const logger = opts.logger ?? createLogger(config);
+  const db = await openDatabase(config);
+  const repos = createRepos(db);
+
+  const secret = config.auth.jwt_secret || (await repos.settings.getOrInit('jwt_secret', randomBytes(32).toString('base64url')));
+  const tokens = new TokenService(secret, config.auth.jwt_issuer, { access: config.auth.access_token_ttl, refresh: config.auth.refresh_token_ttl });
+  const auth = new AuthService(repos, tokens);
+  const apps = new AppService(repos);
+
+  const boot = await auth.bootstrapAdmin(config.auth.admin_password);
+  if (boot.created) {
+    const admin = (await repos.users.findByName('admin'))!;
+    await apps.seedDemoApps(admin.id);
+  }
+
+  const services: Services = {
+    config, db, repos, auth, apps,
+    conversations: new ConversationService(repos),
+    turns: new IdleTurnControl(),
+    metrics: new Metrics(),
+  };
+  const app = await buildApp(services, logger);
+
+  let closed = false;
+  const handle: ServerHandle = {
+    app,
+    services,
+    bootstrap: boot.created ? { password: boot.password, generated: boot.generated } : null,
+    url: '',
+    async close() {
+      if (closed) return;
+      closed = true;
+      await app.close();
+      await db.close();
+    },
+  };
+  return handle;
+}
+
+/** Starts listening on the configured host and port. */
+export async function listen(handle: ServerHandle): Promise<string> {
+  const { host, port } = handle.services.config.server;
+  await handle.app.listen({ host, port });
+  const addr = handle.app.server.address();
+  const actualPort = typeof addr === 'object' && addr ? addr.port : port;
+  handle.url = `http://${host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host}:${actualPort}`;
+  return handle.url;
+}

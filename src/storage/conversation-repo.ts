@@ -1,0 +1,98 @@
+import { sql, type Kysely } from 'kysely';
+import { containsCi } from './app-repo.ts';
+import { now } from './db.ts';
+import type { ConversationRow, Database, MessageRow, NewConversation } from './tables.ts';
+
+export interface ConversationListFilter {
+  userId: number;
+  flowTypes?: number[] | undefined;
+  flowId?: string | undefined;
+  /** matches titles and message text */
+  keyword?: string | undefined;
+  page: number;
+  limit: number;
+}
+
+export class ConversationRepo {
+  constructor(private readonly db: Kysely<Database>) {}
+
+  async create(input: Omit<NewConversation, 'create_time' | 'update_time'>): Promise<ConversationRow> {
+    const t = now();
+    return this.db.insertInto('conversations').values({ ...input, create_time: t, update_time: t }).returningAll().executeTakeFirstOrThrow();
+  }
+
+  /** Creates the conversation unless it exists; returns the stored row either way. */
+  async ensure(input: Omit<NewConversation, 'create_time' | 'update_time'>): Promise<ConversationRow> {
+    const t = now();
+    await this.db.insertInto('conversations').values({ ...input, create_time: t, update_time: t }).onConflict((oc) => oc.column('chat_id').doNothing()).execute();
+    return (await this.get(input.chat_id))!;
+  }
+
+  /** Soft-deleted rows are returned too; callers decide. */
+  get(chatId: string): Promise<ConversationRow | undefined> {
+    return this.db.selectFrom('conversations').selectAll().where('chat_id', '=', chatId).executeTakeFirst();
+  }
+
+  async list(f: ConversationListFilter): Promise<{ list: ConversationRow[]; total: number }> {
+    let q = this.db.selectFrom('conversations as c').where('c.user_id', '=', f.userId).where('c.is_delete', '=', 0);
+    if (f.flowTypes?.length) q = q.where('c.flow_type', 'in', f.flowTypes);
+    if (f.flowId) q = q.where('c.flow_id', '=', f.flowId);
+    if (f.keyword) {
+      const pattern = containsCi(f.keyword);
+      q = q.where((eb) => eb.or([
+        eb(sql`lower(c.name)`, 'like', sql`${pattern} escape '\\'`),
+        eb.exists(eb.selectFrom('messages as m').select('m.id').whereRef('m.chat_id', '=', 'c.chat_id')
+          .where(sql`lower(m.message)`, 'like', sql`${pattern} escape '\\'`)),
+      ]));
+    }
+    const list = await q.selectAll('c').orderBy('c.update_time', 'desc').orderBy('c.chat_id').limit(f.limit).offset((f.page - 1) * f.limit).execute();
+    const { total } = await q.select((eb) => eb.fn.countAll<number>().as('total')).executeTakeFirstOrThrow();
+    return { list, total: Number(total) };
+  }
+
+  /** The newest message of each conversation, input requests excluded (as Bisheng's list does). */
+  async latestMessages(chatIds: string[]): Promise<Map<string, MessageRow>> {
+    if (chatIds.length === 0) return new Map();
+    const rows = await this.db.selectFrom('messages').selectAll().where('id', 'in', (eb) =>
+      eb.selectFrom('messages').select((e) => e.fn.max<number>('id').as('id')).where('chat_id', 'in', chatIds).where('category', '!=', 'input').groupBy('chat_id'),
+    ).execute();
+    return new Map(rows.map((r) => [r.chat_id, r]));
+  }
+
+  async update(chatId: string, patch: Partial<Pick<ConversationRow, 'name' | 'sensitive_status'>>): Promise<void> {
+    await this.db.updateTable('conversations').set({ ...patch, update_time: now() }).where('chat_id', '=', chatId).execute();
+  }
+
+  async touch(chatId: string): Promise<void> {
+    await this.db.updateTable('conversations').set({ update_time: now() }).where('chat_id', '=', chatId).execute();
+  }
+
+  async softDelete(chatId: string): Promise<void> {
+    await this.db.updateTable('conversations').set({ is_delete: 1, update_time: now() }).where('chat_id', '=', chatId).execute();
+  }
+
+  /** Raises the stored seq high-water mark (never lowers it). */
+  async raiseSeq(chatId: string, seq: number): Promise<void> {
+    await this.db.updateTable('conversations').set({ last_seq: seq }).where('chat_id', '=', chatId).where('last_seq', '<', seq).execute();
+  }
+
+  /** Copies a conversation and all its messages under `newChatId`, in one transaction. */
+  async copy(source: ConversationRow, newChatId: string, name: string): Promise<ConversationRow> {
+    return this.db.transaction().execute(async (trx) => {
+      const t = now();
+      const copy = await trx.insertInto('conversations').values({
+        chat_id: newChatId, name, flow_id: source.flow_id, flow_type: source.flow_type, flow_name: source.flow_name,
+        user_id: source.user_id, like_count: source.like_count, dislike_count: source.dislike_count,
+        copied_count: source.copied_count, sensitive_status: source.sensitive_status, create_time: t, update_time: t,
+      }).returningAll().executeTakeFirstOrThrow();
+      const messages = await trx.selectFrom('messages').selectAll().where('chat_id', '=', source.chat_id).orderBy('id').execute();
+      const idMap = new Map<number, number>();
+      for (const { id, ...m } of messages) {
+        const parent = m.parent_message_id === null ? null : (idMap.get(m.parent_message_id) ?? null);
+        const row = await trx.insertInto('messages').values({ ...m, chat_id: newChatId, parent_message_id: parent }).returning('id').executeTakeFirstOrThrow();
+        idMap.set(id, row.id);
+      }
+      return copy;
+    });
+  }
+}

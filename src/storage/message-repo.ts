@@ -1,0 +1,102 @@
+import { type Kysely, type Transaction } from 'kysely';
+import { now } from './db.ts';
+import type { Database, MessagePatch, MessageRow, NewMessage } from './tables.ts';
+
+export type Liked = 0 | 1 | 2;
+
+export interface MessageCountFilter {
+  flowId?: string | undefined;
+  chatId?: string | undefined;
+  userId?: number | undefined;
+  from?: string | undefined;
+  to?: string | undefined;
+}
+
+type NewMessageInput = Omit<NewMessage, 'create_time' | 'update_time'>;
+
+export class MessageRepo {
+  constructor(private readonly db: Kysely<Database>) {}
+
+  async insert(input: NewMessageInput): Promise<MessageRow> {
+    const t = now();
+    return this.db.insertInto('messages').values({ ...input, create_time: t, update_time: t }).returningAll().executeTakeFirstOrThrow();
+  }
+
+  /** Inserts rows in one transaction and touches their conversation. */
+  async insertMany(rows: NewMessageInput[]): Promise<MessageRow[]> {
+    return this.db.transaction().execute(async (trx) => {
+      const out: MessageRow[] = [];
+      const t = now();
+      for (const r of rows) out.push(await trx.insertInto('messages').values({ ...r, create_time: t, update_time: t }).returningAll().executeTakeFirstOrThrow());
+      const chatIds = [...new Set(rows.map((r) => r.chat_id))];
+      if (chatIds.length) await trx.updateTable('conversations').set({ update_time: t }).where('chat_id', 'in', chatIds).execute();
+      return out;
+    });
+  }
+
+  get(id: number): Promise<MessageRow | undefined> {
+    return this.db.selectFrom('messages').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+
+  /** Newest first; `beforeId` is the cursor (the last id the client has seen). */
+  history(chatId: string, beforeId: number | undefined, pageSize: number): Promise<MessageRow[]> {
+    let q = this.db.selectFrom('messages').selectAll().where('chat_id', '=', chatId);
+    if (beforeId !== undefined) q = q.where('id', '<', beforeId);
+    return q.orderBy('id', 'desc').limit(pageSize).execute();
+  }
+
+  /** The newest `limit` messages, oldest first. */
+  async latest(chatId: string, limit: number): Promise<MessageRow[]> {
+    const rows = await this.history(chatId, undefined, limit);
+    return rows.reverse();
+  }
+
+  async update(id: number, patch: MessagePatch): Promise<MessageRow> {
+    return this.db.updateTable('messages').set({ ...patch, update_time: now() }).where('id', '=', id).returningAll().executeTakeFirstOrThrow();
+  }
+
+  async delete(id: number): Promise<void> {
+    await this.db.deleteFrom('messages').where('id', '=', id).execute();
+  }
+
+  /** Sets like/dislike/none and keeps the conversation counters in step. No-op when unchanged. */
+  async setLiked(id: number, liked: Liked): Promise<MessageRow> {
+    return this.db.transaction().execute(async (trx) => {
+      const msg = await trx.selectFrom('messages').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
+      if (msg.liked === liked) return msg;
+      const delta = (v: number) => ({ like: (liked === 1 ? 1 : 0) - (v === 1 ? 1 : 0), dislike: (liked === 2 ? 1 : 0) - (v === 2 ? 1 : 0) });
+      const d = delta(msg.liked);
+      await adjustCounters(trx, msg.chat_id, d.like, d.dislike, 0);
+      return trx.updateTable('messages').set({ liked, update_time: now() }).where('id', '=', id).returningAll().executeTakeFirstOrThrow();
+    });
+  }
+
+  /** Marks the message copied; only the first copy counts on the conversation. */
+  async markCopied(id: number): Promise<MessageRow> {
+    return this.db.transaction().execute(async (trx) => {
+      const r = await trx.updateTable('messages').set({ copied: 1, update_time: now() }).where('id', '=', id).where('copied', '=', 0).returningAll().executeTakeFirst();
+      if (r) await adjustCounters(trx, r.chat_id, 0, 0, 1);
+      return r ?? (await trx.selectFrom('messages').selectAll().where('id', '=', id).executeTakeFirstOrThrow());
+    });
+  }
+
+  async count(f: MessageCountFilter): Promise<number> {
+    let q = this.db.selectFrom('messages');
+    if (f.flowId) q = q.where('flow_id', '=', f.flowId);
+    if (f.chatId) q = q.where('chat_id', '=', f.chatId);
+    if (f.userId !== undefined) q = q.where('user_id', '=', f.userId);
+    if (f.from) q = q.where('create_time', '>=', f.from);
+    if (f.to) q = q.where('create_time', '<', f.to);
+    const { n } = await q.select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow();
+    return Number(n);
+  }
+}
+
+async function adjustCounters(trx: Transaction<Database>, chatId: string, like: number, dislike: number, copied: number): Promise<void> {
+  if (!like && !dislike && !copied) return;
+  await trx.updateTable('conversations').set((eb) => ({
+    like_count: eb('like_count', '+', like),
+    dislike_count: eb('dislike_count', '+', dislike),
+    copied_count: eb('copied_count', '+', copied),
+  })).where('chat_id', '=', chatId).execute();
+}

@@ -1,9 +1,15 @@
 import type { App } from '../app.ts';
 import type { Services } from '../services.ts';
+import { registerAppRoutes } from './app-routes.ts';
 import { registerAuthRoutes } from './auth-routes.ts';
+import { registerConversationRoutes } from './conversation-routes.ts';
+import { registerFeedbackRoutes } from './feedback-routes.ts';
 import { registerOpsRoutes } from './ops-routes.ts';
 
 export async function registerRoutes(app: App, services: Services): Promise<void> {
   registerOpsRoutes(app, services);
   registerAuthRoutes(app, services);
+  registerAppRoutes(app, services);
+  registerConversationRoutes(app, services);
+  registerFeedbackRoutes(app, services);
 }

@@ -1,0 +1,7 @@
+import type { App } from '../app.ts';
+import type { Services } from '../services.ts';
+
+export function registerConversationRoutes(app: App, services: Services): void {
+  void app;
+  void services;
+}

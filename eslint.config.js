@@ -1,0 +1,53 @@
+import js from '@eslint/js';
+import tseslint from 'typescript-eslint';
+
+/**
+ * Layers import downward only (ARCHITECTURE.md). Each entry lists what a folder must NOT import.
+ * The chat core imports no transport, driver or SDK.
+ */
+const DRIVERS = ['fastify', '@fastify/*', 'ws', 'better-sqlite3', 'pg', 'ioredis', 'kysely', 'ai', '@ai-sdk/*'];
+const layer = (folder, forbiddenFolders, forbiddenPackages = []) => ({
+  files: [`src/${folder}/**/*.ts`],
+  rules: {
+    'no-restricted-imports': ['error', {
+      patterns: [
+        ...forbiddenFolders.map((f) => ({ group: [`**/${f}/*`, `../${f}/*`, `../../${f}/*`], message: `src/${folder} must not import src/${f} (layer boundary).` })),
+        ...(forbiddenPackages.length ? [{ group: forbiddenPackages, message: `src/${folder} must not import drivers, transports or SDKs.` }] : []),
+      ],
+    }],
+  },
+});
+
+export default tseslint.config(
+  { ignores: ['node_modules/', 'dist/', 'data/', 'web/dist/', 'bench/out/', 'coverage/'] },
+  js.configs.recommended,
+  ...tseslint.configs.recommended,
+  {
+    languageOptions: { ecmaVersion: 2022, sourceType: 'module', globals: { process: 'readonly', console: 'readonly', Buffer: 'readonly', URL: 'readonly', setTimeout: 'readonly', clearTimeout: 'readonly', setInterval: 'readonly', clearInterval: 'readonly', performance: 'readonly', fetch: 'readonly', TextEncoder: 'readonly', TextDecoder: 'readonly', AbortController: 'readonly', crypto: 'readonly' } },
+    rules: {
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+      '@typescript-eslint/consistent-type-imports': 'error',
+      'no-restricted-syntax': ['error', { selector: "MemberExpression[object.name='process'][property.name='env']", message: 'Read configuration through src/config, not process.env.' }],
+    },
+  },
+  layer('domain', ['config', 'storage', 'bus', 'providers', 'tools', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps'], DRIVERS),
+  layer('config', ['domain', 'storage', 'bus', 'providers', 'tools', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps'], DRIVERS),
+  layer('storage', ['bus', 'providers', 'tools', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps'], ['fastify', '@fastify/*', 'ws', 'ioredis', 'ai', '@ai-sdk/*']),
+  layer('bus', ['storage', 'providers', 'tools', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps'], ['fastify', '@fastify/*', 'ws', 'better-sqlite3', 'pg', 'kysely', 'ai', '@ai-sdk/*']),
+  layer('providers', ['storage', 'bus', 'tools', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps'], ['fastify', '@fastify/*', 'ws', 'better-sqlite3', 'pg', 'kysely', 'ioredis']),
+  layer('tools', ['storage', 'bus', 'providers', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps'], DRIVERS),
+  layer('runtimes', ['storage', 'bus', 'chat', 'auth', 'http', 'ws', 'apps'], DRIVERS),
+  layer('chat', ['http', 'ws', 'providers'], DRIVERS),
+  layer('auth', ['http', 'ws', 'bus', 'providers', 'tools', 'runtimes', 'chat', 'apps'], DRIVERS),
+  layer('apps', ['http', 'ws', 'bus', 'providers', 'chat'], DRIVERS),
+  layer('ws', ['http', 'storage'], ['fastify', 'better-sqlite3', 'pg', 'kysely', 'ioredis', 'ai', '@ai-sdk/*']),
+  {
+    // the composition root, the CLI and the tests may read the environment
+    files: ['src/cli.ts', 'test/**/*.ts', 'bench/**/*', 'bin/**/*', 'eslint.config.js', 'vitest.config.ts'],
+    rules: { 'no-restricted-syntax': 'off' },
+  },
+  {
+    files: ['test/**/*.ts'],
+    rules: { '@typescript-eslint/no-explicit-any': 'off', '@typescript-eslint/no-non-null-assertion': 'off' },
+  },
+);

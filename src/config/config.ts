@@ -13,6 +13,17 @@ const ProviderSchema = Type.Object({
   token_delay_ms: Type.Optional(Type.Integer({ minimum: 0 })),
 });
 
+const HttpToolSchema = Type.Object({
+  name: Type.String({ pattern: '^[a-zA-Z0-9_-]{1,64}$' }),
+  description: Type.String({ default: '' }),
+  method: Type.Union([Type.Literal('GET'), Type.Literal('POST')], { default: 'GET' }),
+  /** may hold {placeholders} filled from the arguments */
+  url: Type.String(),
+  /** JSON Schema of the arguments object */
+  parameters: Type.Record(Type.String(), Type.Unknown(), { default: { type: 'object', properties: {} } }),
+  headers: Type.Record(Type.String(), Type.String(), { default: {} }),
+});
+
 const sec = (n: number) => Type.Integer({ minimum: 1, default: n });
 
 /** Every configuration key with its default. Keys match PROTOCOL.md §5 and §7. */
@@ -63,7 +74,19 @@ export const ConfigSchema = Type.Object({
     /** seconds */
     request_timeout: sec(600),
     max_retries: Type.Integer({ minimum: 0, default: 1 }),
+    /** seconds without a chunk before a started stream counts as stalled (10504) */
+    stall_timeout: sec(60),
     providers: Type.Record(Type.String(), ProviderSchema, { default: {} }),
+  }, { default: {} }),
+  tools: Type.Object({
+    /** HTTP tools: each calls one URL with the model's arguments, only on allowed hosts */
+    http: Type.Array(HttpToolSchema, { default: [] }),
+    /** host names (or host:port) HTTP tools may reach */
+    allowed_hosts: Type.Array(Type.String(), { default: [] }),
+    /** seconds per tool call */
+    timeout: sec(15),
+    /** largest tool response kept, in bytes */
+    max_response_bytes: Type.Integer({ minimum: 1, default: 64 * 1024 }),
   }, { default: {} }),
   moderation: Type.Object({
     input_words: Type.Array(Type.String(), { default: [] }),
@@ -81,6 +104,7 @@ export const ConfigSchema = Type.Object({
 
 export type Config = Static<typeof ConfigSchema>;
 export type ProviderConfig = Static<typeof ProviderSchema>;
+export type HttpToolConfig = Static<typeof HttpToolSchema>;
 export type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? (T[K] extends unknown[] ? T[K] : DeepPartial<T[K]>) : T[K] };
 
 export class ConfigError extends Error {

@@ -4,8 +4,14 @@ import { AppService } from './apps/app-service.ts';
 import { AuthService } from './auth/auth-service.ts';
 import { TokenService } from './auth/tokens.ts';
 import { ConversationService } from './chat/conversation-service.ts';
-import { IdleTurnControl } from './chat/turn-control.ts';
+import { ChatService } from './chat/chat-service.ts';
+import { MemoryBus } from './bus/memory-bus.ts';
+import { createProviders } from './providers/provider-registry.ts';
+import { createTools } from './tools/tool-registry.ts';
+import { WsGateway } from './ws/ws-gateway.ts';
+import type { Bus } from './bus/bus.ts';
 import type { Config } from './config/config.ts';
+import type { LlmProvider } from './domain/llm.ts';
 import { buildApp, type App } from './http/app.ts';
 import { Metrics } from './http/metrics.ts';
 import type { Services } from './http/services.ts';
@@ -37,7 +43,14 @@ export async function openDatabase(config: Config): Promise<Db> {
 }
 
 /** The composition root: the only place that chooses implementations. */
-export async function createServer(config: Config, opts: { logger?: Logger } = {}): Promise<ServerHandle> {
+export interface ServerOptions {
+  logger?: Logger;
+  bus?: Bus;
+  /** extra LLM providers (tests) */
+  providers?: LlmProvider[];
+}
+
+export async function createServer(config: Config, opts: ServerOptions = {}): Promise<ServerHandle> {
   const logger = opts.logger ?? createLogger(config);
   const db = await openDatabase(config);
   const repos = createRepos(db);
@@ -53,10 +66,16 @@ export async function createServer(config: Config, opts: { logger?: Logger } = {
     await apps.seedDemoApps(admin.id);
   }
 
+  const bus = opts.bus ?? new MemoryBus();
+  const providers = createProviders(config);
+  for (const p of opts.providers ?? []) providers.register(p);
+  const chat = new ChatService({ config, repos, bus, apps, providers, tools: createTools(config) });
+  const gateway = new WsGateway({ config, auth, chat, bus });
+
   const services: Services = {
-    config, db, repos, auth, apps,
+    config, db, repos, auth, apps, chat, gateway,
     conversations: new ConversationService(repos),
-    turns: new IdleTurnControl(),
+    turns: chat,
     metrics: new Metrics(),
   };
   const app = await buildApp(services, logger);
@@ -71,6 +90,7 @@ export async function createServer(config: Config, opts: { logger?: Logger } = {
       if (closed) return;
       closed = true;
       await app.close();
+      await bus.close();
       await db.close();
     },
   };

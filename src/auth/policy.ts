@@ -41,3 +41,40 @@ export function authorizeAppChat(p: Principal, app: AppRow | undefined, opts: { 
   if (!visible.online || visible.published_version === null) throw new AppError('app_offline');
   return visible;
 }
+
+/** May the caller start a conversation with the app? Plain users need it online and published; editors may use any visible app. */
+export function authorizeAppUse(p: Principal, app: AppRow | undefined): AppRow {
+  return canEditApps(p) ? authorizeAppVisible(p, app) : authorizeAppChat(p, app, { draft: false });
+}
+
+/**
+ * Reviewers (admins) read any conversation, soft-deleted ones included: keeping the messages of a
+ * deleted conversation for review is why deletion is soft.
+ */
+export function authorizeReview(p: Principal, conv: ConversationRow | undefined): ConversationRow {
+  requireAdmin(p);
+  if (!conv) throw AppError.notFound('Conversation not found');
+  return conv;
+}
+
+export function requireAppEditor(p: Principal): void {
+  if (!canEditApps(p)) throw new AppError('forbidden', 'Only admins may change apps');
+}
+
+/** Changing an app (draft, publish, status, delete) or reading its drafts and versions. */
+export function authorizeAppEdit(p: Principal, app: AppRow | undefined): AppRow {
+  requireAppEditor(p);
+  return authorizeAppVisible(p, app);
+}
+
+/** Reading one app: editors see every app; others only online, published ones (else 404, so existence does not leak). */
+export function authorizeAppRead(p: Principal, app: AppRow | undefined): AppRow {
+  const visible = authorizeAppVisible(p, app);
+  if (canEditApps(p) || (visible.online && visible.published_version !== null)) return visible;
+  throw AppError.notFound('App not found');
+}
+
+/** Which apps the caller's app lists may show. */
+export function appListScope(p: Principal): { onlineOnly: boolean; ids: string[] | undefined } {
+  return { onlineOnly: !canEditApps(p), ids: p.apiKey?.appIds ?? undefined };
+}

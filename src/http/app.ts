@@ -4,6 +4,7 @@ import { Ajv } from 'ajv';
 import addFormatsModule from 'ajv-formats';
 import fastifySwagger from '@fastify/swagger';
 import fastifySwaggerUi from '@fastify/swagger-ui';
+import fastifyWebsocket from '@fastify/websocket';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyRequest, type RawServerDefault } from 'fastify';
@@ -104,6 +105,10 @@ export async function buildApp(services: Services, logger: Logger): Promise<App>
   app.setValidatorCompiler(({ schema, httpPart }) => (httpPart === 'body' ? ajvBody : ajvText).compile(schema));
 
   await app.register(fastifyCookie);
+  // ws accepts 100 MiB frames unless told otherwise; no permessage-deflate (STYLE.md)
+  await app.register(fastifyWebsocket, { options: { maxPayload: config.chat.max_frame_bytes, perMessageDeflate: false } });
+  // stop accepting, persist running turns' partial answers, close sockets with 1001 — before the server closes
+  app.addHook('preClose', async () => services.gateway.shutdown());
   app.decorateRequest('principal', null);
   app.addSchema(ErrorEnvelope);
 

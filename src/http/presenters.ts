@@ -18,3 +18,10 @@ export const presentConversation = (c: ConversationRow) => ({
   create_time: c.create_time,
   update_time: c.update_time,
 });
+
+/** A conversation in the lists: Bisheng's ChatList item (`logo` is kept for its client, always ''). */
+export const presentChatListItem = (c: ConversationRow, latest: MessageRow | null) => ({
+  ...presentConversation(c),
+  logo: '',
+  latest_message: latest ? presentMessage(latest) : null,
+});

@@ -74,3 +74,9 @@ export const ConversationSchema = Type.Object({
   create_time: Type.String(),
   update_time: Type.String(),
 }, { $id: 'Conversation' });
+
+/** A conversation in the lists (/chat/list, /chat/session/list). */
+export const ChatListItemSchema = Type.Composite([ConversationSchema, Type.Object({
+  logo: Type.String(),
+  latest_message: Nullable(MessageSchema),
+})], { $id: 'ChatListItem' });

@@ -1,10 +1,12 @@
 import type { AppService } from '../apps/app-service.ts';
 import type { AuthService } from '../auth/auth-service.ts';
+import type { ChatService } from '../chat/chat-service.ts';
 import type { ConversationService } from '../chat/conversation-service.ts';
 import type { TurnControl } from '../chat/turn-control.ts';
 import type { Config } from '../config/config.ts';
 import type { Db } from '../storage/db.ts';
 import type { Repos } from '../storage/repos.ts';
+import type { WsGateway } from '../ws/ws-gateway.ts';
 import type { Metrics } from './metrics.ts';
 
 /** Everything the HTTP layer may call, built by the composition root (src/server.ts). */
@@ -16,5 +18,7 @@ export interface Services {
   apps: AppService;
   conversations: ConversationService;
   turns: TurnControl;
+  chat: ChatService;
+  gateway: WsGateway;
   metrics: Metrics;
 }

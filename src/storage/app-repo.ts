@@ -70,6 +70,14 @@ export class AppRepo {
     return this.db.selectFrom('app_versions').selectAll().where('app_id', '=', appId).orderBy('version', 'desc').execute();
   }
 
+  /** The published spec of each of these apps that has one. */
+  async publishedSpecs(appIds: string[]): Promise<Array<{ app_id: string; spec: string }>> {
+    if (!appIds.length) return [];
+    return this.db.selectFrom('app_versions').innerJoin('apps', 'apps.id', 'app_versions.app_id')
+      .whereRef('app_versions.version', '=', 'apps.published_version').where('apps.id', 'in', appIds)
+      .select(['app_versions.app_id', 'app_versions.spec']).execute();
+  }
+
   getVersion(appId: string, version: number): Promise<AppVersionRow | undefined> {
     return this.db.selectFrom('app_versions').selectAll().where('app_id', '=', appId).where('version', '=', version).executeTakeFirst();
   }

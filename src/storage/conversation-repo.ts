@@ -1,7 +1,9 @@
 import { sql, type Kysely } from 'kysely';
 import { containsCi } from './app-repo.ts';
 import { now } from './db.ts';
-import type { ConversationRow, Database, MessageRow, NewConversation } from './tables.ts';
+import type { ConversationRow, Database, MessageRow, NewConversation, NewMessage } from './tables.ts';
+
+type NewConversationInput = Omit<NewConversation, 'create_time' | 'update_time'>;
 
 export interface ConversationListFilter {
   userId: number;
@@ -19,6 +21,31 @@ export class ConversationRepo {
   async create(input: Omit<NewConversation, 'create_time' | 'update_time'>): Promise<ConversationRow> {
     const t = now();
     return this.db.insertInto('conversations').values({ ...input, create_time: t, update_time: t }).returningAll().executeTakeFirstOrThrow();
+  }
+
+  /** Creates the conversation; undefined when the chat_id is taken (by anyone, deleted rows included). */
+  async createIfAbsent(input: NewConversationInput): Promise<ConversationRow | undefined> {
+    const t = now();
+    return this.db.insertInto('conversations').values({ ...input, create_time: t, update_time: t })
+      .onConflict((oc) => oc.column('chat_id').doNothing()).returningAll().executeTakeFirst();
+  }
+
+  /**
+   * Creates the conversation from `create` unless it exists (null: it must exist already), lets `guard`
+   * vet the stored row (it throws to refuse), then appends the messages and applies `patch` — all in
+   * one transaction, so a refusal changes nothing.
+   */
+  async appendMessages(chatId: string, create: NewConversationInput | null, rows: Array<Omit<NewMessage, 'create_time' | 'update_time' | 'chat_id'>>,
+    guard: (c: ConversationRow | undefined) => void, patch: Partial<Pick<ConversationRow, 'sensitive_status'>> = {}): Promise<MessageRow[]> {
+    return this.db.transaction().execute(async (trx) => {
+      const t = now();
+      if (create) await trx.insertInto('conversations').values({ ...create, chat_id: chatId, create_time: t, update_time: t }).onConflict((oc) => oc.column('chat_id').doNothing()).execute();
+      guard(await trx.selectFrom('conversations').selectAll().where('chat_id', '=', chatId).executeTakeFirst());
+      const out: MessageRow[] = [];
+      for (const r of rows) out.push(await trx.insertInto('messages').values({ ...r, chat_id: chatId, create_time: t, update_time: t }).returningAll().executeTakeFirstOrThrow());
+      await trx.updateTable('conversations').set({ ...patch, update_time: t }).where('chat_id', '=', chatId).execute();
+      return out;
+    });
   }
 
   /** Creates the conversation unless it exists; returns the stored row either way. */
@@ -74,6 +101,11 @@ export class ConversationRepo {
   /** Raises the stored seq high-water mark (never lowers it). */
   async raiseSeq(chatId: string, seq: number): Promise<void> {
     await this.db.updateTable('conversations').set({ last_seq: seq }).where('chat_id', '=', chatId).where('last_seq', '<', seq).execute();
+  }
+
+  /** Replaces a seq reservation by the real high-water mark once the turn has ended. */
+  async settleSeq(chatId: string, reserved: number, actual: number): Promise<void> {
+    await this.db.updateTable('conversations').set({ last_seq: actual }).where('chat_id', '=', chatId).where('last_seq', '=', reserved).execute();
   }
 
   /** Copies a conversation and all its messages under `newChatId`, in one transaction. */

@@ -51,6 +51,22 @@ export class MessageRepo {
     return rows.reverse();
   }
 
+  /** Every message of a conversation, oldest first. */
+  all(chatId: string): Promise<MessageRow[]> {
+    return this.db.selectFrom('messages').selectAll().where('chat_id', '=', chatId).orderBy('id').execute();
+  }
+
+  /** Updates a message and its conversation in one transaction; undefined when the message is gone. */
+  async edit(id: number, patch: MessagePatch, conversationPatch: { sensitive_status?: number }): Promise<MessageRow | undefined> {
+    return this.db.transaction().execute(async (trx) => {
+      const t = now();
+      const row = await trx.updateTable('messages').set({ ...patch, update_time: t }).where('id', '=', id).returningAll().executeTakeFirst();
+      if (!row) return undefined;
+      await trx.updateTable('conversations').set({ ...conversationPatch, update_time: t }).where('chat_id', '=', row.chat_id).execute();
+      return row;
+    });
+  }
+
   async update(id: number, patch: MessagePatch): Promise<MessageRow> {
     return this.db.updateTable('messages').set({ ...patch, update_time: now() }).where('id', '=', id).returningAll().executeTakeFirstOrThrow();
   }
@@ -62,12 +78,17 @@ export class MessageRepo {
   /** Sets like/dislike/none and keeps the conversation counters in step. No-op when unchanged. */
   async setLiked(id: number, liked: Liked): Promise<MessageRow> {
     return this.db.transaction().execute(async (trx) => {
-      const msg = await trx.selectFrom('messages').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
-      if (msg.liked === liked) return msg;
-      const delta = (v: number) => ({ like: (liked === 1 ? 1 : 0) - (v === 1 ? 1 : 0), dislike: (liked === 2 ? 1 : 0) - (v === 2 ? 1 : 0) });
-      const d = delta(msg.liked);
-      await adjustCounters(trx, msg.chat_id, d.like, d.dislike, 0);
-      return trx.updateTable('messages').set({ liked, update_time: now() }).where('id', '=', id).returningAll().executeTakeFirstOrThrow();
+      // Compare-and-set: under PostgreSQL's read committed two concurrent calls could both read the
+      // old value and both move the counters; the loser of the race re-reads and tries again.
+      for (;;) {
+        const msg = await trx.selectFrom('messages').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
+        if (msg.liked === liked) return msg;
+        const row = await trx.updateTable('messages').set({ liked, update_time: now() }).where('id', '=', id).where('liked', '=', msg.liked).returningAll().executeTakeFirst();
+        if (!row) continue;
+        const count = (state: number, v: number) => (liked === state ? 1 : 0) - (v === state ? 1 : 0);
+        await adjustCounters(trx, msg.chat_id, count(1, msg.liked), count(2, msg.liked), 0);
+        return row;
+      }
     });
   }
 

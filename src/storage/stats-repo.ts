@@ -11,25 +11,36 @@ export interface StatsFilter {
   to?: string | undefined;
 }
 
-export interface DailyStats {
-  flow_id: string;
-  day: string;
+export interface StatsTotals {
   conversations: number;
   messages: number;
   likes: number;
   dislikes: number;
   copies: number;
   tokens: number;
+  /** over the messages that have a latency (answers); null when none has */
   avg_latency_ms: number | null;
 }
 
+export interface DailyStats extends StatsTotals {
+  flow_id: string;
+  /** the app's name; null when the app row is gone */
+  flow_name: string | null;
+  day: string;
+}
+
+/** Per-group sums; the average is derived from them so the totals can be exact too. */
+type Sums = Omit<StatsTotals, 'avg_latency_ms'> & { latency_sum: number; latency_n: number };
+
 const day = sql<string>`substr(create_time, 1, 10)`;
+const zero = (): Sums => ({ conversations: 0, messages: 0, likes: 0, dislikes: 0, copies: 0, tokens: 0, latency_sum: 0, latency_n: 0 });
+const finish = ({ latency_sum, latency_n, ...s }: Sums): StatsTotals => ({ ...s, avg_latency_ms: latency_n ? Math.round(latency_sum / latency_n) : null });
 
 export class StatsRepo {
   constructor(private readonly db: Kysely<Database>) {}
 
-  /** Counts per app and day, computed by the database. */
-  async daily(f: StatsFilter): Promise<DailyStats[]> {
+  /** Counts per app and day (newest day first) and their totals, aggregated by the database. */
+  async daily(f: StatsFilter): Promise<{ list: DailyStats[]; total: StatsTotals }> {
     let m = this.db.selectFrom('messages');
     let c = this.db.selectFrom('conversations');
     if (f.flowId) { m = m.where('flow_id', '=', f.flowId); c = c.where('flow_id', '=', f.flowId); }
@@ -45,28 +56,32 @@ export class StatsRepo {
       sql<number>`sum(case when liked = 2 then 1 else 0 end)`.as('dislikes'),
       sql<number>`sum(copied)`.as('copies'),
       sql<number>`sum(tokens)`.as('tokens'),
-      sql<number | null>`avg(latency_ms)`.as('avg_latency_ms'),
+      sql<number | null>`sum(latency_ms)`.as('latency_sum'),
+      sql<number>`count(latency_ms)`.as('latency_n'),
     ]).groupBy(['flow_id', day]).execute();
     const convRows = await c.select(['flow_id', day.as('day'), (eb) => eb.fn.countAll<number>().as('conversations')]).groupBy(['flow_id', day]).execute();
 
-    const out = new Map<string, DailyStats>();
-    const entry = (flowId: string, d: string) => {
+    const groups = new Map<string, { flow_id: string; day: string; sums: Sums }>();
+    const group = (flowId: string, d: string) => {
       const key = `${flowId}|${d}`;
-      let e = out.get(key);
-      if (!e) {
-        e = { flow_id: flowId, day: d, conversations: 0, messages: 0, likes: 0, dislikes: 0, copies: 0, tokens: 0, avg_latency_ms: null };
-        out.set(key, e);
-      }
-      return e;
+      if (!groups.has(key)) groups.set(key, { flow_id: flowId, day: d, sums: zero() });
+      return groups.get(key)!.sums;
     };
-    for (const r of msgRows) {
-      Object.assign(entry(r.flow_id, r.day), {
-        messages: Number(r.messages), likes: Number(r.likes ?? 0), dislikes: Number(r.dislikes ?? 0), copies: Number(r.copies ?? 0),
-        tokens: Number(r.tokens ?? 0), avg_latency_ms: r.avg_latency_ms === null ? null : Math.round(Number(r.avg_latency_ms)),
-      });
+    const total = zero();
+    const add = (target: Sums, part: Partial<Record<keyof Sums, number | null>>) => {
+      for (const [k, v] of Object.entries(part) as [keyof Sums, number | null][]) target[k] += Number(v ?? 0);
+    };
+    for (const { flow_id, day: d, ...part } of [...msgRows, ...convRows]) {
+      add(group(flow_id, d), part);
+      add(total, part);
     }
-    for (const r of convRows) entry(r.flow_id, r.day).conversations = Number(r.conversations);
-    return [...out.values()].sort((a, b) => (a.day === b.day ? a.flow_id.localeCompare(b.flow_id) : b.day.localeCompare(a.day)));
+
+    const flowIds = [...new Set([...groups.values()].map((g) => g.flow_id))];
+    const names = new Map(flowIds.length ? (await this.db.selectFrom('apps').select(['id', 'name']).where('id', 'in', flowIds).execute()).map((a) => [a.id, a.name]) : []);
+    const list = [...groups.values()]
+      .map((g) => ({ flow_id: g.flow_id, flow_name: names.get(g.flow_id) ?? null, day: g.day, ...finish(g.sums) }))
+      .sort((a, b) => (a.day === b.day ? a.flow_id.localeCompare(b.flow_id) : b.day.localeCompare(a.day)));
+    return { list, total: finish(total) };
   }
 }
 

@@ -5,6 +5,7 @@ import { registerAuthRoutes } from './auth-routes.ts';
 import { registerConversationRoutes } from './conversation-routes.ts';
 import { registerFeedbackRoutes } from './feedback-routes.ts';
 import { registerOpsRoutes } from './ops-routes.ts';
+import { registerWsRoutes } from './ws-routes.ts';
 
 export async function registerRoutes(app: App, services: Services): Promise<void> {
   registerOpsRoutes(app, services);
@@ -12,4 +13,5 @@ export async function registerRoutes(app: App, services: Services): Promise<void
   registerAppRoutes(app, services);
   registerConversationRoutes(app, services);
   registerFeedbackRoutes(app, services);
+  registerWsRoutes(app, services.gateway);
 }

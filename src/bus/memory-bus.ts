@@ -1,0 +1,96 @@
+import type { ChatEvent } from '../domain/events.ts';
+import type { Bus, ControlMessage, Unsubscribe } from './bus.ts';
+
+interface Channel {
+  listeners: Set<(event: ChatEvent) => void>;
+  /** events of the current (or last finished) turn */
+  log: ChatEvent[];
+  /** the last seq published before `log` began: the log covers every afterSeq ≥ floor */
+  floor: number;
+  lastSeq: number;
+  /** set when the turn ended: the log is dropped at this time (ms) and the next publish starts a new one */
+  expiresAt: number | null;
+}
+
+/** The single-instance bus: everything in process memory. */
+export class MemoryBus implements Bus {
+  private readonly channels = new Map<string, Channel>();
+  private readonly controls = new Set<(m: ControlMessage) => void>();
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(private readonly now: () => number = Date.now) {
+    this.sweeper = setInterval(() => this.sweep(), 30_000);
+    this.sweeper.unref();
+  }
+
+  private channel(key: string): Channel {
+    let ch = this.channels.get(key);
+    if (!ch) {
+      ch = { listeners: new Set(), log: [], floor: -1, lastSeq: -1, expiresAt: null };
+      this.channels.set(key, ch);
+    }
+    return ch;
+  }
+
+  publish(event: ChatEvent): void {
+    const ch = this.channel(event.key);
+    if (ch.expiresAt !== null || ch.lastSeq < 0) {
+      ch.log = [];
+      ch.floor = ch.lastSeq < 0 ? event.seq - 1 : ch.lastSeq;
+      ch.expiresAt = null;
+    }
+    ch.log.push(event);
+    ch.lastSeq = event.seq;
+    for (const listener of ch.listeners) listener(event);
+  }
+
+  subscribe(key: string, listener: (event: ChatEvent) => void): Unsubscribe {
+    const ch = this.channel(key);
+    ch.listeners.add(listener);
+    return () => {
+      ch.listeners.delete(listener);
+    };
+  }
+
+  async replay(key: string, afterSeq: number): Promise<ChatEvent[] | null> {
+    const ch = this.channels.get(key);
+    if (!ch || ch.lastSeq < 0) return null;
+    if (afterSeq >= ch.lastSeq) return [];
+    if (this.expired(ch) || afterSeq < ch.floor) return null;
+    return ch.log.filter((e) => e.seq > afterSeq);
+  }
+
+  endTurn(key: string, ttlSeconds: number): void {
+    const ch = this.channels.get(key);
+    if (ch) ch.expiresAt = this.now() + ttlSeconds * 1000;
+  }
+
+  sendControl(message: ControlMessage): void {
+    for (const listener of this.controls) listener(message);
+  }
+
+  onControl(listener: (message: ControlMessage) => void): Unsubscribe {
+    this.controls.add(listener);
+    return () => {
+      this.controls.delete(listener);
+    };
+  }
+
+  private expired(ch: Channel): boolean {
+    return ch.expiresAt !== null && ch.expiresAt <= this.now();
+  }
+
+  private sweep(): void {
+    for (const [key, ch] of this.channels) {
+      if (!this.expired(ch)) continue;
+      if (ch.listeners.size === 0) this.channels.delete(key);
+      else ch.log = [];
+    }
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.sweeper);
+    this.channels.clear();
+    this.controls.clear();
+  }
+}

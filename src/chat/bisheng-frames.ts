@@ -1,0 +1,106 @@
+import { ERROR_TABLE, type AppError } from '../domain/errors.ts';
+import type { ChatEvent, ChatEventBody } from '../domain/events.ts';
+
+/**
+ * Bisheng's message schema (PROTOCOL.md §3.2): every frame carries every field. `files` and
+ * `extra` are JSON-encoded strings, a tool frame's `message` too (its web client depends on that).
+ */
+export interface BishengFrame {
+  is_bot: number;
+  message: unknown;
+  type: string;
+  category: string;
+  intermediate_steps: string;
+  files: string;
+  user_id: number | null;
+  message_id: number | string | null;
+  source: number;
+  sender: string;
+  receiver: null;
+  liked: number;
+  extra: string;
+  flow_id: string;
+  chat_id: string;
+  seq?: number;
+  turn_id?: string;
+}
+
+const blank = (category: string, type: string, message: unknown): BishengFrame => ({
+  is_bot: 1, message, type, category, intermediate_steps: '', files: '[]', user_id: null, message_id: null,
+  source: 0, sender: '', receiver: null, liked: 0, extra: '{}', flow_id: '', chat_id: '',
+});
+
+function shape(body: ChatEventBody): BishengFrame {
+  switch (body.kind) {
+    case 'begin': return blank('processing', 'begin', '');
+    case 'llm_start': return blank('processing', 'start', '');
+    case 'delta': return blank('processing', 'stream', { content: body.content, reasoning_content: body.reasoning });
+    case 'llm_end': return blank('processing', 'end', '');
+    case 'tool_start': {
+      const f = blank('tool', 'start', JSON.stringify({ tool_key: body.toolKey, input: body.input }));
+      f.intermediate_steps = `Tool input: \n\n${typeof body.input === 'string' ? body.input : JSON.stringify(body.input)}\n\n`;
+      f.extra = JSON.stringify({ run_id: body.runId });
+      return f;
+    }
+    case 'tool_end': {
+      const f = blank('tool', 'end', JSON.stringify({ tool_key: body.toolKey, input: body.input, output: body.output }));
+      f.intermediate_steps = `Tool output: \n\n${body.output}`;
+      f.extra = JSON.stringify({ run_id: body.runId, failed: body.failed });
+      return f;
+    }
+    case 'answer_start': return blank('answer', 'start', '');
+    case 'answer_end': {
+      // a stop sends `end` with an empty message: the text was streamed already and `end` appends
+      const f = blank('answer', body.stopped ? 'end' : 'end_cover', body.stopped ? '' : body.text);
+      f.message_id = body.messageId;
+      f.extra = JSON.stringify(body.usage ? { usage: body.usage } : {});
+      return f;
+    }
+    case 'error': {
+      const entry = ERROR_TABLE[body.code];
+      return blank('error', 'end', { status_code: entry.status, status_message: body.message, data: null });
+    }
+    case 'close': return blank('processing', 'close', '');
+    case 'frame': {
+      const f = blank(body.category, body.type, body.message);
+      f.message_id = body.messageId ?? null;
+      if (body.files) f.files = JSON.stringify(body.files);
+      if (body.extra) f.extra = JSON.stringify(body.extra);
+      return f;
+    }
+  }
+}
+
+export function toFrame(event: ChatEvent): BishengFrame {
+  const f = shape(event.body);
+  f.user_id = event.userId;
+  f.flow_id = event.flowId;
+  f.chat_id = event.chatId;
+  f.seq = event.seq;
+  f.turn_id = event.turnId;
+  return f;
+}
+
+const encoded = new WeakMap<ChatEvent, string>();
+
+/** The frame as JSON text, encoded once however many sockets and streams watch it. */
+export function encodeFrame(event: ChatEvent): string {
+  let text = encoded.get(event);
+  if (text === undefined) {
+    text = JSON.stringify(toFrame(event));
+    encoded.set(event, text);
+  }
+  return text;
+}
+
+/** A frame outside any turn (no seq): rejections of a client frame, pong, system info. */
+export function outsideFrame(category: string, type: string, message: unknown, ids: { chatId?: string; flowId?: string } = {}): string {
+  const f = blank(category, type, message);
+  f.chat_id = ids.chatId ?? '';
+  f.flow_id = ids.flowId ?? '';
+  return JSON.stringify(f);
+}
+
+export function errorFrame(err: AppError, ids: { chatId?: string; flowId?: string } = {}): string {
+  return outsideFrame('error', 'end', { status_code: err.statusCode, status_message: err.message, data: err.data }, ids);
+}

@@ -1,0 +1,328 @@
+import { randomUUID } from 'node:crypto';
+import { RateLimiterMemory } from 'rate-limiter-flexible';
+import type { AppService } from '../apps/app-service.ts';
+import { authorizeAppChat } from '../auth/policy.ts';
+import type { Bus } from '../bus/bus.ts';
+import type { Config } from '../config/config.ts';
+import { AppError, toAppError } from '../domain/errors.ts';
+import type { ChatEvent, ChatEventBody } from '../domain/events.ts';
+import type { LlmProvider, LlmUsage, Tool } from '../domain/llm.ts';
+import { FLOW_TYPE, isHexId, type AppKind, type AppSpec, type Principal } from '../domain/types.ts';
+import { AssistantRuntime } from '../runtimes/assistant-runtime.ts';
+import type { Runtime } from '../runtimes/runtime.ts';
+import type { Repos } from '../storage/repos.ts';
+import type { AppRow, ConversationRow, NewMessage } from '../storage/tables.ts';
+import { BREAK_ANSWER, buildContext, CLEAR_MARKER, questionText } from './context.ts';
+import { Moderation } from './moderation.ts';
+import type { TurnControl } from './turn-control.ts';
+
+export interface ProviderLookup {
+  get(name: string): LlmProvider;
+}
+
+export interface ToolLookup {
+  resolve(names: string[]): { tools: Tool[]; unknown: string[] };
+}
+
+/** A conversation the caller may chat in, resolved at connect or per frame. */
+export interface ChatTarget {
+  app: AppRow;
+  spec: AppSpec;
+  /** null: debug mode on the draft — nothing is stored */
+  chatId: string | null;
+}
+
+export interface AskInput {
+  principal: Principal;
+  target: ChatTarget;
+  /** the text of the question */
+  text: string;
+  /** the whole `inputs` object, stored as Bisheng does */
+  inputs: Record<string, unknown>;
+  clientMessageId?: string | undefined;
+  /** the bus key of a debug turn (one per socket or request) */
+  debugKey?: string;
+}
+
+export interface TurnStarted {
+  key: string;
+  turnId: string;
+  /** the seq before the turn's first event: replaying after it yields the whole turn */
+  fromSeq: number;
+  /** a repeated client_message_id: this is the earlier turn */
+  duplicate: boolean;
+}
+
+interface RunningTurn {
+  key: string;
+  turnId: string;
+  userId: number;
+  controller: AbortController;
+  done: Promise<void>;
+}
+
+const SEQ_RESERVE = 10_000;
+const TITLE_LENGTH = 60;
+
+/**
+ * The chat core: starts turns, runs them on a runtime, persists what must last, and publishes
+ * every event on the bus. Transports only call this and watch the bus.
+ */
+export class ChatService implements TurnControl {
+  private readonly running = new Map<string, RunningTurn>();
+  private readonly clientIds = new Map<string, { turn: TurnStarted; expires: number }>();
+  private readonly debugSeq = new Map<string, number>();
+  private readonly limiter: RateLimiterMemory;
+  private readonly moderation: Moderation;
+  private readonly runtime: Runtime;
+  private readonly unsubscribeControl: () => void;
+  private closing = false;
+
+  constructor(private readonly deps: { config: Config; repos: Repos; bus: Bus; apps: AppService; providers: ProviderLookup; tools: ToolLookup }) {
+    this.limiter = new RateLimiterMemory({ points: deps.config.chat.messages_per_minute, duration: 60 });
+    this.moderation = new Moderation(deps.config.moderation);
+    this.runtime = new AssistantRuntime();
+    this.unsubscribeControl = deps.bus.onControl((m) => {
+      if (m.type === 'stop') this.running.get(m.key)?.controller.abort();
+    });
+  }
+
+  /**
+   * Resolves what a socket or request may chat with. With a chat_id: the published, online app and
+   * a conversation that is the caller's (or new). Without: debug mode on the draft (editors only).
+   */
+  async resolveTarget(p: Principal, appId: string, opts: { chatId: string | null; kind?: AppKind | undefined; versionId?: number | undefined }): Promise<ChatTarget> {
+    if (opts.chatId !== null && !isHexId(opts.chatId)) throw AppError.invalid([{ path: 'chat_id', message: 'must be 32 hex characters' }], 'invalid chat_id');
+    const app = authorizeAppChat(p, await this.deps.repos.apps.get(appId), { draft: opts.chatId === null });
+    if (opts.kind && app.kind !== opts.kind) throw new AppError('forbidden', 'app kind mismatch');
+    if (opts.chatId !== null) {
+      const conv = await this.deps.repos.conversations.get(opts.chatId);
+      if (conv && (conv.user_id !== p.id || conv.is_delete || conv.flow_id !== app.id)) throw new AppError('forbidden', 'no permission');
+    }
+    let spec: AppSpec;
+    try {
+      spec = await this.deps.apps.specFor(app, { draft: opts.chatId === null, version: opts.versionId });
+      this.deps.providers.get(spec.model.provider);
+    } catch (err) {
+      const e = toAppError(err);
+      throw e.code === 'app_offline' || e.code === 'not_found' ? e : new AppError('app_unbuildable', 'draft does not build');
+    }
+    return { app, spec, chatId: opts.chatId };
+  }
+
+  isRunning(key: string): boolean {
+    return this.running.has(key);
+  }
+
+  /** Starts a turn. Throws 10413 (too long), 10429 (rate), 10409 (one is running), 10400. */
+  async ask(input: AskInput): Promise<TurnStarted> {
+    const { principal, target } = input;
+    if (this.closing) throw new AppError('busy', 'server shutting down');
+    if (input.text.length > this.deps.config.chat.max_message_length) {
+      throw new AppError('too_large', `Message longer than ${this.deps.config.chat.max_message_length} characters`);
+    }
+    if (!input.text.trim()) throw AppError.invalid([{ path: 'inputs/input', message: 'must not be empty' }], 'Empty question');
+    const key = target.chatId ?? input.debugKey ?? `debug:${randomUUID()}`;
+    const idKey = input.clientMessageId ? `${principal.id}:${key}:${input.clientMessageId}` : null;
+    if (idKey) {
+      const seen = this.clientIds.get(idKey);
+      if (seen && seen.expires > Date.now()) return { ...seen.turn, duplicate: true };
+    }
+    if (this.running.has(key)) throw new AppError('conflict');
+    await this.consumeRate(principal.id);
+
+    const turnId = randomUUID().replaceAll('-', '');
+    let conv: ConversationRow | null = null;
+    let questionId: number | null = null;
+    let history: ReturnType<typeof buildContext> = [];
+    const blocked = this.moderation.checkInput(input.text);
+    if (target.chatId !== null) {
+      conv = await this.ensureConversation(principal, target, input.text);
+      const window = target.spec.history_window ?? this.deps.config.chat.max_history_messages;
+      // the context is read before the question is stored, so it holds only earlier messages
+      history = window > 0 ? buildContext(await this.deps.repos.messages.latest(target.chatId, window * 2 + 10), window) : [];
+      const q = await this.deps.repos.messages.insert({
+        ...this.rowBase(principal, target, turnId), is_bot: 0, type: 'human', category: 'question',
+        message: JSON.stringify(input.inputs), sensitive_status: blocked ? 2 : 1,
+      });
+      questionId = q.id;
+      if (blocked) await this.deps.repos.conversations.update(target.chatId, { sensitive_status: 2 });
+    }
+    // a new turn must start while no other does; the awaits above may have let one in
+    if (this.running.has(key)) throw new AppError('conflict');
+
+    const fromSeq = await this.seqFloor(key, conv);
+    const controller = new AbortController();
+    const turn: RunningTurn = { key, turnId, userId: principal.id, controller, done: Promise.resolve() };
+    this.running.set(key, turn);
+    const started: TurnStarted = { key, turnId, fromSeq, duplicate: false };
+    if (idKey) this.clientIds.set(idKey, { turn: started, expires: Date.now() + this.deps.config.chat.replay_ttl * 1000 });
+    // the first event is published on a later tick, so the caller can subscribe first
+    turn.done = new Promise<void>((r) => setImmediate(r)).then(() => this.runTurn(turn, input, { fromSeq, questionId, history, blocked }));
+    return started;
+  }
+
+  /** Re-runs the last question of a conversation; the old answer stays as a sibling. */
+  async regenerate(principal: Principal, target: ChatTarget): Promise<TurnStarted> {
+    if (target.chatId === null) throw AppError.invalid([{ path: 'chat_id', message: 'required' }]);
+    if (this.running.has(target.chatId)) throw new AppError('conflict');
+    const rows = await this.deps.repos.messages.latest(target.chatId, 200);
+    const qIndex = rows.findLastIndex((r) => r.category === 'question');
+    if (qIndex < 0) throw AppError.notFound('No question to regenerate');
+    const question = rows[qIndex]!;
+    await this.consumeRate(principal.id);
+    const window = target.spec.history_window ?? this.deps.config.chat.max_history_messages;
+    const history = window > 0 ? buildContext(rows.slice(0, qIndex), window) : [];
+    const key = target.chatId;
+    const conv = (await this.deps.repos.conversations.get(key)) ?? null;
+    if (this.running.has(key)) throw new AppError('conflict');
+    const turnId = randomUUID().replaceAll('-', '');
+    const fromSeq = await this.seqFloor(key, conv);
+    const controller = new AbortController();
+    const turn: RunningTurn = { key, turnId, userId: principal.id, controller, done: Promise.resolve() };
+    this.running.set(key, turn);
+    const text = questionText(question.message);
+    const inputs = { input: text };
+    turn.done = new Promise<void>((r) => setImmediate(r)).then(() =>
+      this.runTurn(turn, { principal, target, text, inputs }, { fromSeq, questionId: question.id, history, blocked: this.moderation.checkInput(text) }));
+    return { key, turnId, fromSeq, duplicate: false };
+  }
+
+  /** Marks a fresh context: the next turn sees no earlier message. */
+  async clearHistory(principal: Principal, target: ChatTarget): Promise<void> {
+    if (target.chatId === null) return;
+    if (!(await this.deps.repos.conversations.get(target.chatId))) return;
+    await this.deps.repos.messages.insert({
+      ...this.rowBase(principal, target, null), is_bot: 1, type: 'info', category: CLEAR_MARKER, message: '',
+    });
+  }
+
+  /** Stops the running turn of `key` on whichever instance runs it. */
+  async stop(key: string): Promise<boolean> {
+    const local = this.running.get(key);
+    if (local) {
+      local.controller.abort();
+      await local.done;
+      return true;
+    }
+    this.deps.bus.sendControl({ type: 'stop', key });
+    return false;
+  }
+
+  /** Stops accepting turns, stops the running ones (their partial answers are stored) and waits for them. */
+  async shutdown(): Promise<void> {
+    this.closing = true;
+    const turns = [...this.running.values()];
+    for (const t of turns) t.controller.abort();
+    await Promise.allSettled(turns.map((t) => t.done));
+    this.unsubscribeControl();
+  }
+
+  private async consumeRate(userId: number): Promise<void> {
+    try {
+      await this.limiter.consume(String(userId));
+    } catch (res) {
+      const ms = (res as { msBeforeNext?: number }).msBeforeNext ?? 60_000;
+      throw new AppError('rate_limited', 'Too many messages; slow down', { data: { retry_after: Math.ceil(ms / 1000) } });
+    }
+  }
+
+  private rowBase(p: Principal, target: ChatTarget, turnId: string | null) {
+    return {
+      chat_id: target.chatId!, flow_id: target.app.id, user_id: p.id, intermediate_steps: '', files: '[]', extra: '{}',
+      source: 0, sender: '', receiver: null, remark: '', parent_message_id: null, turn_id: turnId,
+    } satisfies Partial<NewMessage>;
+  }
+
+  private async ensureConversation(p: Principal, target: ChatTarget, text: string): Promise<ConversationRow> {
+    const conv = await this.deps.repos.conversations.ensure({
+      chat_id: target.chatId!, name: text.replace(/\s+/g, ' ').trim().slice(0, TITLE_LENGTH), flow_id: target.app.id,
+      flow_type: FLOW_TYPE[target.app.kind], flow_name: target.app.name, user_id: p.id,
+    });
+    if (conv.user_id !== p.id || conv.is_delete || conv.flow_id !== target.app.id) throw new AppError('forbidden', 'no permission');
+    return conv;
+  }
+
+  /** The seq before this turn's first event; reserves a block in the database so a crash never reuses seqs. */
+  private async seqFloor(key: string, conv: ConversationRow | null): Promise<number> {
+    if (!conv) {
+      const last = this.debugSeq.get(key) ?? 0;
+      return last;
+    }
+    const fresh = await this.deps.repos.conversations.get(conv.chat_id);
+    const floor = fresh?.last_seq ?? 0;
+    await this.deps.repos.conversations.raiseSeq(conv.chat_id, floor + SEQ_RESERVE);
+    return floor;
+  }
+
+  private async runTurn(turn: RunningTurn, input: AskInput, state: { fromSeq: number; questionId: number | null; history: ReturnType<typeof buildContext>; blocked: string | null }): Promise<void> {
+    const { target, principal } = input;
+    const { bus, repos, config } = this.deps;
+    const started = Date.now();
+    let seq = state.fromSeq;
+    let text = '';
+    let step = 0;
+    const toolRows: NewMessage[] = [];
+    const emit = (body: ChatEventBody) => {
+      if (body.kind === 'delta') text += body.content;
+      else if (body.kind === 'llm_start') step++;
+      else if (body.kind === 'tool_end' && target.chatId !== null) {
+        toolRows.push({
+          ...this.rowBase(principal, target, turn.turnId), is_bot: 1, type: 'end', category: 'tool', parent_message_id: state.questionId,
+          message: JSON.stringify({ tool_key: body.toolKey, input: body.input, output: body.output }),
+          intermediate_steps: `Tool output: \n\n${body.output}`, extra: JSON.stringify({ run_id: body.runId, step, failed: body.failed }),
+        } as NewMessage);
+      }
+      const event: ChatEvent = { seq: ++seq, key: turn.key, chatId: target.chatId ?? '', turnId: turn.turnId, flowId: target.app.id, userId: principal.id, body };
+      bus.publish(event);
+    };
+
+    const saveAnswer = async (answer: string, usage: LlmUsage | null, remark: string): Promise<number | null> => {
+      if (target.chatId === null) return null;
+      const rows = await repos.messages.insertMany([...toolRows, {
+        ...this.rowBase(principal, target, turn.turnId), is_bot: 1, type: 'bot', category: 'answer', message: answer,
+        parent_message_id: state.questionId, remark, sensitive_status: state.blocked ? 2 : 1,
+        extra: JSON.stringify(usage ? { usage } : {}), tokens: usage?.total_tokens ?? 0, latency_ms: Date.now() - started,
+      }]);
+      return rows[rows.length - 1]!.id;
+    };
+
+    emit({ kind: 'begin' });
+    try {
+      if (state.blocked) {
+        emit({ kind: 'answer_start' });
+        const messageId = await saveAnswer(state.blocked, null, '');
+        emit({ kind: 'answer_end', messageId, text: state.blocked, usage: null, stopped: false });
+      } else {
+        const provider = this.deps.providers.get(target.spec.model.provider);
+        const { tools, unknown } = this.deps.tools.resolve(target.spec.tools ?? []);
+        if (unknown.length) throw new AppError('app_unbuildable', `Unknown tools: ${unknown.join(', ')}`);
+        const result = await this.runtime.run({ spec: target.spec, provider, tools, history: state.history, question: input.text, signal: turn.controller.signal, emit });
+        if (turn.controller.signal.aborted) throw new StopSignal();
+        const replaced = this.moderation.checkOutput(text);
+        const answer = replaced ?? text;
+        emit({ kind: 'answer_start' });
+        const messageId = await saveAnswer(answer, result.usage, '');
+        emit({ kind: 'answer_end', messageId, text: answer, usage: result.usage, stopped: false });
+      }
+    } catch (err) {
+      if (turn.controller.signal.aborted) {
+        const messageId = await saveAnswer(text, null, BREAK_ANSWER).catch(() => null);
+        emit({ kind: 'answer_end', messageId, text: '', usage: null, stopped: true });
+      } else {
+        const e = toAppError(err);
+        if (e.code === 'internal' && !(err instanceof AppError)) console.error(err);
+        if (text) await saveAnswer(text, null, BREAK_ANSWER).catch(() => null);
+        emit({ kind: 'error', code: e.code, message: e.message });
+      }
+    } finally {
+      emit({ kind: 'close' });
+      this.running.delete(turn.key);
+      bus.endTurn(turn.key, config.chat.replay_ttl);
+      if (target.chatId !== null) await repos.conversations.settleSeq(target.chatId, state.fromSeq + SEQ_RESERVE, seq).catch(() => undefined);
+      else this.debugSeq.set(turn.key, seq);
+    }
+  }
+}
+
+class StopSignal extends Error {}

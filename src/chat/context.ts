@@ -1,0 +1,71 @@
+import type { LlmMessage, LlmToolCall } from '../domain/llm.ts';
+import type { MessageRow } from '../storage/tables.ts';
+
+export const BREAK_ANSWER = 'break_answer';
+export const CLEAR_MARKER = 'clear_history';
+
+/** The text of a stored question: Bisheng stores the whole `inputs` object as JSON. */
+export function questionText(message: string): string {
+  if (!message.startsWith('{')) return message;
+  try {
+    const parsed = JSON.parse(message) as { input?: unknown; question?: unknown };
+    const text = parsed.input ?? parsed.question;
+    return typeof text === 'string' ? text : message;
+  } catch {
+    return message;
+  }
+}
+
+/**
+ * The model's context from stored rows (oldest first): everything after the last clear marker,
+ * without interrupted answers, and — where a question was regenerated — only its newest turn.
+ */
+export function buildContext(rows: MessageRow[], limit: number): LlmMessage[] {
+  let start = 0;
+  rows.forEach((r, i) => { if (r.category === CLEAR_MARKER) start = i + 1; });
+  const kept = rows.slice(start);
+
+  const newestTurn = new Map<number, string | null>();
+  for (const r of kept) if (r.parent_message_id !== null && r.is_bot) newestTurn.set(r.parent_message_id, r.turn_id);
+
+  const out: LlmMessage[] = [];
+  let pendingCalls: { calls: LlmToolCall[]; results: LlmMessage[] } | null = null;
+  const flushTools = () => {
+    if (pendingCalls) out.push({ role: 'assistant', content: '', toolCalls: pendingCalls.calls }, ...pendingCalls.results);
+    pendingCalls = null;
+  };
+  for (const r of kept) {
+    if (r.is_bot && r.parent_message_id !== null && newestTurn.get(r.parent_message_id) !== r.turn_id) continue;
+    if (r.category === 'tool') {
+      const m = parseJson<{ tool_key?: string; input?: Record<string, unknown>; output?: string }>(r.message);
+      const extra = parseJson<{ run_id?: string }>(r.extra);
+      const id = extra.run_id ?? String(r.id);
+      pendingCalls ??= { calls: [], results: [] };
+      pendingCalls.calls.push({ id, name: m.tool_key ?? 'tool', args: m.input ?? {} });
+      pendingCalls.results.push({ role: 'tool', toolCallId: id, toolName: m.tool_key ?? 'tool', content: m.output ?? '' });
+      continue;
+    }
+    flushTools();
+    if (r.category === 'question') out.push({ role: 'user', content: questionText(r.message) });
+    else if (r.category === 'answer' && r.remark !== BREAK_ANSWER) out.push({ role: 'assistant', content: r.message });
+  }
+  // tool rows of an interrupted turn have no answer after them; keep pairs whole
+  flushTools();
+  return out.length > limit ? trimToWhole(out.slice(out.length - limit)) : out;
+}
+
+/** A window must not start inside a tool exchange (a tool result without its call). */
+function trimToWhole(messages: LlmMessage[]): LlmMessage[] {
+  let i = 0;
+  while (i < messages.length && messages[i]!.role === 'tool') i++;
+  return messages.slice(i);
+}
+
+function parseJson<T>(text: string): Partial<T> {
+  try {
+    const v = JSON.parse(text) as unknown;
+    return typeof v === 'object' && v !== null ? (v as Partial<T>) : {};
+  } catch {
+    return {};
+  }
+}

@@ -1,0 +1,177 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { newId } from '../../src/domain/types.ts';
+import type { Repos } from '../../src/storage/repos.ts';
+import type { AppRow } from '../../src/storage/tables.ts';
+import { demoApp, seedConversation } from '../helpers/seed.ts';
+import { dbTargets, startServer, type TestServer } from '../helpers/server.ts';
+
+/** The repository contract: the same behaviour on every database, against its real migrations. */
+describe.each(dbTargets())('repositories on $name', (target) => {
+  let server: TestServer;
+  let repos: Repos;
+  let app: AppRow;
+  let nextUser = 0;
+  const newUser = () => repos.users.create({ user_name: `u${++nextUser}`, password_hash: 'x', role: 'user' });
+  const seed = async (pairs = 2) => seedConversation(server, { userId: (await newUser()).id, app, pairs });
+  const row = (chatId: string, userId: number, category: string) => ({
+    chat_id: chatId, flow_id: app.id, user_id: userId, is_bot: category === 'question' ? 0 : 1, message: category, type: 'bot', category,
+    intermediate_steps: '', files: '[]', extra: '{}', source: 0, sender: '', receiver: null, remark: '', parent_message_id: null, turn_id: null,
+  });
+
+  beforeAll(async () => {
+    server = await startServer(target);
+    repos = server.handle.services.repos;
+    app = await demoApp(server);
+  });
+  afterAll(async () => server?.close());
+
+  it('users: create, find, unique names, bumpTokenVersion', async () => {
+    const u = await repos.users.create({ user_name: 'dora', password_hash: 'h', role: 'user' });
+    expect(u).toMatchObject({ user_name: 'dora', role: 'user', token_version: 0 });
+    expect(await repos.users.findById(u.id)).toEqual(u);
+    expect((await repos.users.findByName('dora'))?.id).toBe(u.id);
+    expect(await repos.users.findByName('nobody')).toBeUndefined();
+    await expect(repos.users.create({ user_name: 'dora', password_hash: 'h', role: 'user' })).rejects.toThrow();
+    await repos.users.bumpTokenVersion(u.id);
+    await repos.users.bumpTokenVersion(u.id);
+    expect((await repos.users.findById(u.id))!.token_version).toBe(2);
+  });
+
+  it('apps: create, publish numbered versions, list versions newest first', async () => {
+    const a = await repos.apps.create({ id: newId(), name: 'Contract app', description: '', icon: '', kind: 'chat', user_id: 1, draft: '{"v":0}' });
+    expect(a).toMatchObject({ online: 0, published_version: null, is_delete: 0 });
+    expect((await repos.apps.publish(a.id, '{"v":1}', 1)).version).toBe(1);
+    expect((await repos.apps.publish(a.id, '{"v":2}', 1)).version).toBe(2);
+    expect((await repos.apps.get(a.id))!.published_version).toBe(2);
+    expect((await repos.apps.listVersions(a.id)).map((v) => [v.version, v.spec])).toEqual([[2, '{"v":2}'], [1, '{"v":1}']]);
+    expect((await repos.apps.getVersion(a.id, 1))!.spec).toBe('{"v":1}');
+    expect(await repos.apps.getVersion(a.id, 3)).toBeUndefined();
+  });
+
+  it('conversations: create/ensure, list with latest messages, soft delete, raiseSeq never lowers', async () => {
+    const user = await newUser();
+    const base = { flow_id: app.id, flow_type: 15, flow_name: app.name, user_id: user.id };
+    const c1 = await repos.conversations.create({ ...base, chat_id: newId(), name: 'one' });
+    expect(await repos.conversations.ensure({ ...base, chat_id: c1.chat_id, name: 'renamed?' })).toEqual(c1);
+    const c2 = await repos.conversations.ensure({ ...base, chat_id: newId(), name: 'two' });
+    const [q, a] = await repos.messages.insertMany([row(c1.chat_id, user.id, 'question'), row(c1.chat_id, user.id, 'answer'), row(c1.chat_id, user.id, 'input')]);
+    const { list, total } = await repos.conversations.list({ userId: user.id, page: 1, limit: 10 });
+    expect(total).toBe(2);
+    expect(list.map((c) => c.chat_id).sort()).toEqual([c1.chat_id, c2.chat_id].sort());
+    const latest = await repos.conversations.latestMessages([c1.chat_id, c2.chat_id]);
+    expect(latest.get(c1.chat_id)?.id).toBe(a!.id);
+    expect(latest.has(c2.chat_id)).toBe(false);
+    expect(q!.id).toBeLessThan(a!.id);
+
+    await repos.conversations.softDelete(c2.chat_id);
+    expect((await repos.conversations.list({ userId: user.id, page: 1, limit: 10 })).total).toBe(1);
+    expect((await repos.conversations.get(c2.chat_id))!.is_delete).toBe(1);
+
+    for (const seq of [5, 3, 7, 6]) await repos.conversations.raiseSeq(c1.chat_id, seq);
+    expect((await repos.conversations.get(c1.chat_id))!.last_seq).toBe(7);
+  });
+
+  it('conversations: copy duplicates counters and messages, re-linking parents', async () => {
+    const { conversation, messages } = await seed(1);
+    const answer = await repos.messages.update(messages[1]!.id, { parent_message_id: messages[0]!.id });
+    await repos.messages.setLiked(answer.id, 1);
+    const source = (await repos.conversations.get(conversation.chat_id))!;
+    const copy = await repos.conversations.copy(source, newId(), 'copy');
+    expect(copy).toMatchObject({ name: 'copy', user_id: source.user_id, like_count: 1, flow_id: app.id });
+    const copied = await repos.messages.latest(copy.chat_id, 10);
+    expect(copied.map((m) => [m.message, m.liked])).toEqual([['question 0', 0], ['answer 0', 1]]);
+    expect(copied[1]!.parent_message_id).toBe(copied[0]!.id);
+    expect(copied[0]!.id).not.toBe(messages[0]!.id);
+  });
+
+  it('messages: insert, history cursor, latest, update, delete', async () => {
+    const { conversation, messages } = await seed(3);
+    const ids = messages.map((m) => m.id);
+    const page1 = await repos.messages.history(conversation.chat_id, undefined, 4);
+    expect(page1.map((m) => m.id)).toEqual(ids.slice(2).reverse());
+    const page2 = await repos.messages.history(conversation.chat_id, page1.at(-1)!.id, 4);
+    expect(page2.map((m) => m.id)).toEqual(ids.slice(0, 2).reverse());
+    expect((await repos.messages.latest(conversation.chat_id, 2)).map((m) => m.id)).toEqual(ids.slice(4));
+
+    const one = await repos.messages.insert(row(conversation.chat_id, conversation.user_id, 'answer'));
+    expect(one.id).toBeGreaterThan(ids.at(-1)!);
+    const edited = await repos.messages.update(one.id, { message: 'edited', remark: 'r' });
+    expect(edited).toMatchObject({ message: 'edited', remark: 'r' });
+    await repos.messages.delete(one.id);
+    expect(await repos.messages.get(one.id)).toBeUndefined();
+  });
+
+  it('messages: setLiked moves both counters, is idempotent, and stays exact under concurrency', async () => {
+    const { conversation, messages } = await seed(2);
+    const counters = async () => {
+      const c = (await repos.conversations.get(conversation.chat_id))!;
+      return [c.like_count, c.dislike_count];
+    };
+    const answer = messages[1]!.id;
+    for (const [liked, expected] of [[1, [1, 0]], [1, [1, 0]], [2, [0, 1]], [0, [0, 0]], [2, [0, 1]]] as const) {
+      expect((await repos.messages.setLiked(answer, liked)).liked).toBe(liked);
+      expect(await counters()).toEqual(expected);
+    }
+    await repos.messages.setLiked(messages[3]!.id, 1);
+    expect(await counters()).toEqual([1, 1]);
+
+    // many racing writers: counters must equal what the messages finally say
+    const values = [1, 2, 0, 1, 2, 1, 0, 2, 1, 1, 2, 0] as const;
+    await Promise.all(values.map((v, i) => repos.messages.setLiked(messages[i % 2 === 0 ? 1 : 3]!.id, v)));
+    const final = await Promise.all([1, 3].map(async (i) => (await repos.messages.get(messages[i]!.id))!.liked));
+    expect(await counters()).toEqual([final.filter((v) => v === 1).length, final.filter((v) => v === 2).length]);
+  });
+
+  it('messages: markCopied counts the first copy only; count filters', async () => {
+    const { conversation, messages } = await seed(2);
+    await Promise.all([1, 2, 3].map(() => repos.messages.markCopied(messages[1]!.id)));
+    expect((await repos.messages.get(messages[1]!.id))!.copied).toBe(1);
+    expect((await repos.conversations.get(conversation.chat_id))!.copied_count).toBe(1);
+
+    const userId = conversation.user_id;
+    expect(await repos.messages.count({ chatId: conversation.chat_id })).toBe(4);
+    expect(await repos.messages.count({ userId, flowId: app.id })).toBe(4);
+    expect(await repos.messages.count({ userId, flowId: newId() })).toBe(0);
+    await repos.messages.update(messages[0]!.id, { create_time: '2020-05-05T10:00:00.000Z' });
+    expect(await repos.messages.count({ userId, from: '2020-05-05T10:00:00.000Z', to: '2020-05-05T10:00:00.001Z' })).toBe(1);
+    expect(await repos.messages.count({ userId, to: '2020-05-05T10:00:00.000Z' })).toBe(0);
+  });
+
+  it('stats: daily per app and day with exact totals', async () => {
+    const { conversation, messages } = await seed(2);
+    const userId = conversation.user_id;
+    await repos.messages.setLiked(messages[1]!.id, 2);
+    await repos.messages.markCopied(messages[3]!.id);
+    await repos.messages.update(messages[3]!.id, { create_time: '2021-03-04T23:59:59.999Z', latency_ms: 200 });
+    const day = conversation.create_time.slice(0, 10);
+    const { list, total } = await repos.stats.daily({ userId });
+    expect(list).toEqual([
+      { flow_id: app.id, flow_name: app.name, day, conversations: 1, messages: 3, likes: 0, dislikes: 1, copies: 0, tokens: 10, avg_latency_ms: 100 },
+      { flow_id: app.id, flow_name: app.name, day: '2021-03-04', conversations: 0, messages: 1, likes: 0, dislikes: 0, copies: 1, tokens: 11, avg_latency_ms: 200 },
+    ]);
+    expect(total).toEqual({ conversations: 1, messages: 4, likes: 0, dislikes: 1, copies: 1, tokens: 21, avg_latency_ms: 150 });
+    expect((await repos.stats.daily({ userId, from: '2021-03-04', to: '2021-03-05' })).list.map((r) => r.day)).toEqual(['2021-03-04']);
+    expect(await repos.stats.daily({ userId, flowId: newId() })).toEqual({ list: [], total: { conversations: 0, messages: 0, likes: 0, dislikes: 0, copies: 0, tokens: 0, avg_latency_ms: null } });
+  });
+
+  it('audit: record and list newest first with filters and paging', async () => {
+    const objectId = newId();
+    await repos.audit.record({ user_id: 1, action: 'contract.a', object_type: 't', object_id: objectId, detail: { n: 1 }, ip: '10.0.0.1' });
+    await repos.audit.record({ user_id: 2, action: 'contract.b', object_type: 't', object_id: objectId });
+    await repos.audit.record({ user_id: null, action: 'contract.a', object_type: 't', object_id: objectId, detail: { n: 3 } });
+    const all = await repos.audit.list({ objectId, page: 1, limit: 10 });
+    expect(all.total).toBe(3);
+    expect(all.list.map((r) => [r.action, r.user_id, r.detail])).toEqual([['contract.a', null, '{"n":3}'], ['contract.b', 2, '{}'], ['contract.a', 1, '{"n":1}']]);
+    expect(all.list[2]).toMatchObject({ ip: '10.0.0.1', object_type: 't' });
+    expect((await repos.audit.list({ objectId, action: 'contract.a', page: 2, limit: 1 })).list.map((r) => r.detail)).toEqual(['{"n":1}']);
+    expect((await repos.audit.list({ objectId, userId: 2, page: 1, limit: 10 })).total).toBe(1);
+  });
+
+  it('settings: getOrInit keeps the first value, also when writers race', async () => {
+    const values = await Promise.all(['a', 'b', 'c'].map((v) => repos.settings.getOrInit('contract_key', v)));
+    expect(new Set(values).size).toBe(1);
+    expect(await repos.settings.getOrInit('contract_key', 'z')).toBe(values[0]);
+    expect(await repos.settings.get('contract_key')).toBe(values[0]);
+    expect(await repos.settings.get('missing_key')).toBeUndefined();
+  });
+});

@@ -4,6 +4,7 @@ import { AppService } from './apps/app-service.ts';
 import { AuthService } from './auth/auth-service.ts';
 import { TokenService } from './auth/tokens.ts';
 import { ConversationService } from './chat/conversation-service.ts';
+import { FeedbackService } from './chat/feedback-service.ts';
 import { ChatService } from './chat/chat-service.ts';
 import { MemoryBus } from './bus/memory-bus.ts';
 import { createProviders } from './providers/provider-registry.ts';
@@ -72,9 +73,10 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
   const chat = new ChatService({ config, repos, bus, apps, providers, tools: createTools(config) });
   const gateway = new WsGateway({ config, auth, chat, bus });
 
+  const conversations = new ConversationService(repos);
   const services: Services = {
-    config, db, repos, auth, apps, chat, gateway,
-    conversations: new ConversationService(repos),
+    config, db, repos, auth, apps, chat, gateway, conversations,
+    feedback: new FeedbackService(repos, conversations),
     turns: chat,
     metrics: new Metrics(),
   };

@@ -15,6 +15,11 @@ export function authorizeConversation(p: Principal, conv: ConversationRow | unde
   throw AppError.notFound('Conversation not found');
 }
 
+/** Whose rows a statistics query covers: admins any user (or everyone); every other caller only their own. */
+export function scopeUser(p: Principal, requested: number | undefined): number | undefined {
+  return p.role === 'admin' && !p.apiKey ? requested : p.id;
+}
+
 export function requireAdmin(p: Principal): void {
   if (p.role !== 'admin' || p.apiKey) throw new AppError('forbidden', 'Admin only');
 }

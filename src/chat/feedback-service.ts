@@ -1,4 +1,4 @@
-import { requireAdmin } from '../auth/policy.ts';
+import { requireAdmin, scopeUser } from '../auth/policy.ts';
 import { AppError } from '../domain/errors.ts';
 import type { Principal } from '../domain/types.ts';
 import type { Liked, MessageCountFilter } from '../storage/message-repo.ts';
@@ -16,10 +16,6 @@ export interface StatisticsQuery {
   /** YYYY-MM-DD, inclusive */
   endDate?: string | undefined;
 }
-
-/** Admins may look at any user (or everyone); every other caller only ever sees their own rows. */
-const scopeUser = (p: Principal, requested: number | undefined): number | undefined =>
-  p.role === 'admin' && !p.apiKey ? requested : p.id;
 
 const nextDay = (day: string) => new Date(Date.parse(`${day}T00:00:00Z`) + 86_400_000).toISOString().slice(0, 10);
 /** Stored times are UTC ISO strings, so bounds must be too for the string comparison to hold. */

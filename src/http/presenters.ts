@@ -1,4 +1,4 @@
-import type { ConversationRow, MessageRow } from '../storage/tables.ts';
+import type { AuditRow, ConversationRow, MessageRow } from '../storage/tables.ts';
 
 /** The only code that decides what a stored message looks like on the wire. */
 export const presentMessage = (m: MessageRow) => ({ ...m, message_id: m.id });
@@ -25,3 +25,5 @@ export const presentChatListItem = (c: ConversationRow, latest: MessageRow | nul
   logo: '',
   latest_message: latest ? presentMessage(latest) : null,
 });
+
+export const presentAudit = (r: AuditRow) => ({ ...r, detail: JSON.parse(r.detail) as Record<string, unknown> });

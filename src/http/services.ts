@@ -2,6 +2,7 @@ import type { AppService } from '../apps/app-service.ts';
 import type { AuthService } from '../auth/auth-service.ts';
 import type { ChatService } from '../chat/chat-service.ts';
 import type { ConversationService } from '../chat/conversation-service.ts';
+import type { FeedbackService } from '../chat/feedback-service.ts';
 import type { TurnControl } from '../chat/turn-control.ts';
 import type { Config } from '../config/config.ts';
 import type { Db } from '../storage/db.ts';
@@ -17,6 +18,7 @@ export interface Services {
   auth: AuthService;
   apps: AppService;
   conversations: ConversationService;
+  feedback: FeedbackService;
   turns: TurnControl;
   chat: ChatService;
   gateway: WsGateway;

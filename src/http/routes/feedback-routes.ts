@@ -1,8 +1,7 @@
 import { Type } from '@sinclair/typebox';
-import { FeedbackService } from '../../chat/feedback-service.ts';
-import type { AuditRow } from '../../storage/tables.ts';
 import type { App } from '../app.ts';
 import { ok } from '../envelope.ts';
+import { presentAudit } from '../presenters.ts';
 import type { Services } from '../services.ts';
 import { Envelope, HexId, IntId, ListOf, Nullable, PageQuery } from '../schemas.ts';
 
@@ -22,10 +21,7 @@ const AuditSchema = Type.Object({
   id: Type.Integer(), user_id: Nullable(Type.Integer()), action: Type.String(), object_type: Type.String(), object_id: Type.String(),
   detail: Type.Object({}, { additionalProperties: true }), ip: Type.String(), create_time: Type.String(),
 });
-const presentAudit = (r: AuditRow) => ({ ...r, detail: JSON.parse(r.detail) as Record<string, unknown> });
-
-export function registerFeedbackRoutes(app: App, { repos, conversations }: Services): void {
-  const feedback = new FeedbackService(repos, conversations);
+export function registerFeedbackRoutes(app: App, { feedback }: Services): void {
 
   for (const url of ['/api/v1/liked', '/api/v1/chat/liked']) {
     app.post(url, {

@@ -6,7 +6,7 @@ import type { Bus } from '../bus/bus.ts';
 import type { Config } from '../config/config.ts';
 import { AppError, toAppError } from '../domain/errors.ts';
 import type { ChatEvent, ChatEventBody } from '../domain/events.ts';
-import type { LlmProvider, LlmUsage, Tool } from '../domain/llm.ts';
+import type { LlmMessage, LlmProvider, LlmUsage, Tool } from '../domain/llm.ts';
 import { FLOW_TYPE, isHexId, type AppKind, type AppSpec, type Principal } from '../domain/types.ts';
 import { AssistantRuntime } from '../runtimes/assistant-runtime.ts';
 import type { Runtime } from '../runtimes/runtime.ts';
@@ -42,6 +42,8 @@ export interface AskInput {
   clientMessageId?: string | undefined;
   /** the bus key of a debug turn (one per socket or request) */
   debugKey?: string;
+  /** the context given by the caller (a stateless OpenAI-style request); otherwise read from the conversation */
+  history?: LlmMessage[];
 }
 
 export interface TurnStarted {
@@ -91,9 +93,11 @@ export class ChatService implements TurnControl {
    * Resolves what a socket or request may chat with. With a chat_id: the published, online app and
    * a conversation that is the caller's (or new). Without: debug mode on the draft (editors only).
    */
-  async resolveTarget(p: Principal, appId: string, opts: { chatId: string | null; kind?: AppKind | undefined; versionId?: number | undefined }): Promise<ChatTarget> {
+  async resolveTarget(p: Principal, appId: string, opts: { chatId: string | null; kind?: AppKind | undefined; versionId?: number | undefined; stateless?: boolean }): Promise<ChatTarget> {
+    // without a chat_id a turn is unstored: debug mode on the draft, or a stateless API call on the published app
+    const draft = opts.chatId === null && !opts.stateless;
     if (opts.chatId !== null && !isHexId(opts.chatId)) throw AppError.invalid([{ path: 'chat_id', message: 'must be 32 hex characters' }], 'invalid chat_id');
-    const app = authorizeAppChat(p, await this.deps.repos.apps.get(appId), { draft: opts.chatId === null });
+    const app = authorizeAppChat(p, await this.deps.repos.apps.get(appId), { draft });
     if (opts.kind && app.kind !== opts.kind) throw new AppError('forbidden', 'app kind mismatch');
     if (opts.chatId !== null) {
       const conv = await this.deps.repos.conversations.get(opts.chatId);
@@ -101,7 +105,7 @@ export class ChatService implements TurnControl {
     }
     let spec: AppSpec;
     try {
-      spec = await this.deps.apps.specFor(app, { draft: opts.chatId === null, version: opts.versionId });
+      spec = await this.deps.apps.specFor(app, { draft, version: opts.versionId });
       this.deps.providers.get(spec.model.provider);
     } catch (err) {
       const e = toAppError(err);
@@ -134,13 +138,13 @@ export class ChatService implements TurnControl {
     const turnId = randomUUID().replaceAll('-', '');
     let conv: ConversationRow | null = null;
     let questionId: number | null = null;
-    let history: ReturnType<typeof buildContext> = [];
+    let history: LlmMessage[] = input.history ?? [];
     const blocked = this.moderation.checkInput(input.text);
     if (target.chatId !== null) {
       conv = await this.ensureConversation(principal, target, input.text);
       const window = target.spec.history_window ?? this.deps.config.chat.max_history_messages;
       // the context is read before the question is stored, so it holds only earlier messages
-      history = window > 0 ? buildContext(await this.deps.repos.messages.latest(target.chatId, window * 2 + 10), window) : [];
+      if (!input.history) history = window > 0 ? buildContext(await this.deps.repos.messages.latest(target.chatId, window * 2 + 10), window) : [];
       const q = await this.deps.repos.messages.insert({
         ...this.rowBase(principal, target, turnId), is_bot: 0, type: 'human', category: 'question',
         message: JSON.stringify(input.inputs), sensitive_status: blocked ? 2 : 1,

@@ -1,20 +1,31 @@
 /**
  * An LlmProvider for any OpenAI-compatible chat completions endpoint (OpenAI, vLLM, Ollama,
  * DeepSeek, Qwen, ...), built on the AI SDK. One `stream()` is one model call (one step): tools
- * are declared without `execute`, so the call ends at the tool calls and the runtime runs them.
+ * are declared without executing them, so the call ends at the tool calls and the runtime runs them.
  *
- * Timeouts, retries and error mapping are ours, not the SDK's (its maxRetries is 0): a retry is
- * only safe before the first chunk reached the caller, and the SDK cannot know when that is.
+ * It drives the SDK's language model (`createOpenAICompatible(...).chatModel(id).doStream()`)
+ * directly rather than through `streamText`: that is exactly one step with no tool execution, which
+ * is all we ask of it, and it costs about a third of the CPU per token (streamText adds a dozen
+ * web-stream hops, a tee and step recording per part — measured ~150 µs vs ~50 µs per token at 1000
+ * concurrent streams). The SDK still does the HTTP, SSE parsing, chunk validation and error types.
+ *
+ * Timeouts, retries and error mapping are ours: a retry is only safe before the first chunk reached
+ * the caller, and only we know when that is.
  */
 import { createOpenAICompatible, type OpenAICompatibleProvider as SdkProvider } from '@ai-sdk/openai-compatible';
-import { APICallError, AISDKError, InvalidArgumentError, InvalidPromptError, jsonSchema, streamText, type LanguageModel, type ModelMessage, type ToolSet } from 'ai';
+import { APICallError, AISDKError, InvalidArgumentError, InvalidPromptError, UnsupportedFunctionalityError } from 'ai';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config, ProviderConfig } from '../config/config.ts';
 import { AppError } from '../domain/errors.ts';
 import type { LlmChunk, LlmMessage, LlmProvider, LlmRequest, LlmToolCall, LlmToolSpec, LlmUsage } from '../domain/llm.ts';
 
-// The SDK logs warnings (unsupported settings, system messages, ...) to the console; we do not.
-(globalThis as { AI_SDK_LOG_WARNINGS?: unknown }).AI_SDK_LOG_WARNINGS = false;
+// The SDK's model types, without importing its internal spec package.
+type ChatModel = ReturnType<SdkProvider['chatModel']>;
+type CallOptions = Parameters<ChatModel['doStream']>[0];
+type Prompt = CallOptions['prompt'];
+type ToolDefs = NonNullable<CallOptions['tools']>;
+type StreamPart = Awaited<ReturnType<ChatModel['doStream']>>['stream'] extends ReadableStream<infer P> ? P : never;
+type FinishPart = Extract<StreamPart, { type: 'finish' }>;
 
 export interface OpenAiCompatibleOptions {
   name: string;
@@ -42,8 +53,8 @@ const noop = () => {};
 export class OpenAiCompatibleProvider implements LlmProvider {
   readonly name: string;
   private readonly sdk: SdkProvider;
-  private readonly models = new Map<string, LanguageModel>();
-  private readonly toolSets = new WeakMap<LlmToolSpec[], ToolSet>();
+  private readonly models = new Map<string, ChatModel>();
+  private readonly toolDefs = new WeakMap<LlmToolSpec[], ToolDefs>();
   private readonly defaultModel: string;
   private readonly apiKey: string;
 
@@ -78,8 +89,12 @@ export class OpenAiCompatibleProvider implements LlmProvider {
     const { requestTimeoutMs, stallTimeoutMs, maxRetries, retryDelayMs = 250 } = this.options;
     const deadline = Date.now() + requestTimeoutMs;
     const model = this.model(request.model ?? this.defaultModel);
-    const messages = toModelMessages(request.messages);
-    const tools = request.tools?.length ? this.toolSet(request.tools) : undefined;
+    const options: CallOptions = {
+      prompt: toPrompt(request.messages),
+      ...(request.tools?.length ? { tools: this.tools(request.tools) } : {}),
+      ...(request.temperature !== undefined ? { temperature: request.temperature } : {}),
+      ...(request.maxTokens !== undefined ? { maxOutputTokens: request.maxTokens } : {}),
+    };
 
     // One controller per attempt; the caller's signal and our timer abort the current one.
     let controller = new AbortController();
@@ -109,50 +124,38 @@ export class OpenAiCompatibleProvider implements LlmProvider {
         failure = null;
         lastPartAt = Date.now();
         timer = setTimeout(tick, Math.min(deadline - lastPartAt, stallTimeoutMs));
-        const result = streamText({
-          model,
-          messages,
-          allowSystemInMessages: true,
-          ...(tools ? { tools } : {}),
-          ...(request.temperature !== undefined ? { temperature: request.temperature } : {}),
-          ...(request.maxTokens !== undefined ? { maxOutputTokens: request.maxTokens } : {}),
-          maxRetries: 0,
-          abortSignal: controller.signal,
-          experimental_include: { requestBody: false },
-          // errors arrive as `error` parts below; the default handler would print them
-          onError: noop,
-        });
-        const parts = result.fullStream[Symbol.asyncIterator]();
+        let reader: ReadableStreamDefaultReader<StreamPart> | undefined;
         let error: unknown;
         let finished = false;
         try {
+          options.abortSignal = controller.signal;
+          // throws on an HTTP error; the stall timer already runs (a silent connect counts too)
+          reader = (await model.doStream(options)).stream.getReader();
           for (;;) {
-            const next = await parts.next();
+            const next = await reader.read();
             if (next.done) break;
             const part = next.value;
             lastPartAt = Date.now();
             let chunk: LlmChunk;
             switch (part.type) {
               case 'text-delta':
-                if (!part.text) continue;
-                chunk = { type: 'text', text: part.text };
+                if (!part.delta) continue;
+                chunk = { type: 'text', text: part.delta };
                 break;
               case 'reasoning-delta':
-                if (!part.text) continue;
-                chunk = { type: 'reasoning', text: part.text };
+                if (!part.delta) continue;
+                chunk = { type: 'reasoning', text: part.delta };
                 break;
               case 'tool-call':
                 chunk = { type: 'tool_call', call: toToolCall(part.toolCallId, part.toolName, part.input) };
                 break;
               case 'finish':
-                chunk = { type: 'finish', reason: toFinishReason(part.finishReason), usage: toUsage(part.totalUsage) };
+                chunk = { type: 'finish', reason: toFinishReason(part.finishReason.unified), usage: toUsage(part.usage) };
                 finished = true;
                 break;
               case 'error':
+                // a chunk that failed validation, or an error object inside the stream
                 throw part.error;
-              case 'abort':
-                // our timer or the caller; decided below
-                throw new DOMException('aborted', 'AbortError');
               default:
                 continue;
             }
@@ -172,9 +175,9 @@ export class OpenAiCompatibleProvider implements LlmProvider {
           error = err;
         } finally {
           clearTimeout(timer);
-          // abort first: it ends a pending upstream read, so closing the iterator cannot hang
+          // abort first: it ends a pending upstream read, so cancelling the reader cannot hang
           controller.abort();
-          parts.return?.().catch(noop);
+          reader?.cancel().catch(noop);
         }
 
         if (signal.aborted) return;
@@ -195,7 +198,7 @@ export class OpenAiCompatibleProvider implements LlmProvider {
     }
   }
 
-  private model(id: string): LanguageModel {
+  private model(id: string): ChatModel {
     let model = this.models.get(id);
     if (!model) {
       model = this.sdk.chatModel(id);
@@ -204,25 +207,21 @@ export class OpenAiCompatibleProvider implements LlmProvider {
     return model;
   }
 
-  /** Tool sets are cached per spec array: runtimes pass the same array on every call of a turn. */
-  private toolSet(specs: LlmToolSpec[]): ToolSet {
-    let set = this.toolSets.get(specs);
-    if (!set) {
-      set = {};
-      // no `execute`: the SDK ends the step at the tool calls and hands them to us
-      for (const spec of specs) set[spec.name] = { description: spec.description, inputSchema: jsonSchema(spec.parameters) };
-      this.toolSets.set(specs, set);
+  /** Tool definitions are cached per spec array: runtimes pass the same array on every call of a turn. */
+  private tools(specs: LlmToolSpec[]): ToolDefs {
+    let defs = this.toolDefs.get(specs);
+    if (!defs) {
+      defs = specs.map((spec) => ({ type: 'function', name: spec.name, description: spec.description, inputSchema: spec.parameters }));
+      this.toolDefs.set(specs, defs);
     }
-    return set;
+    return defs;
   }
 
   private toAppError(err: unknown, failure: Failure): AppError {
     if (failure === 'total') return new AppError('upstream_timeout', `${this.name}: no complete answer within ${this.options.requestTimeoutMs / 1000} s`);
     if (failure === 'stall') return new AppError('upstream_timeout', `${this.name}: stream stalled for ${this.options.stallTimeoutMs / 1000} s`);
     if (err instanceof AppError) return err;
-    if (InvalidPromptError.isInstance(err) || InvalidArgumentError.isInstance(err)) {
-      return new AppError('internal', undefined, { cause: err });
-    }
+    if (isOurFault(err)) return new AppError('internal', undefined, { cause: err });
     let message: string;
     if (APICallError.isInstance(err)) {
       const status = err.statusCode;
@@ -246,8 +245,12 @@ export class OpenAiCompatibleProvider implements LlmProvider {
 /** HTTP 408/409/429/5xx, network failures, stalls and broken streams are worth another attempt; 4xx are not. */
 function isRetryable(err: unknown): boolean {
   if (APICallError.isInstance(err)) return err.isRetryable || (err.statusCode !== undefined && err.statusCode < 400);
-  if (InvalidPromptError.isInstance(err) || InvalidArgumentError.isInstance(err)) return false;
-  return true;
+  return !isOurFault(err);
+}
+
+/** The SDK refused our request before sending it: a bug here, not an upstream problem. */
+function isOurFault(err: unknown): boolean {
+  return InvalidPromptError.isInstance(err) || InvalidArgumentError.isInstance(err) || UnsupportedFunctionalityError.isInstance(err);
 }
 
 /** Honours a short Retry-After (seconds) from a 429/503; otherwise the exponential backoff. */
@@ -259,13 +262,18 @@ function retryDelay(err: unknown, backoffMs: number): number {
   return backoffMs;
 }
 
-function toToolCall(id: string, name: string, input: unknown): LlmToolCall {
-  if (typeof input === 'object' && input !== null && !Array.isArray(input)) return { id, name, args: input as Record<string, unknown> };
-  // an invalid call (arguments not JSON, or not an object): the runtime decides what to tell the model
-  return { id, name, args: {}, rawArgs: typeof input === 'string' ? input : JSON.stringify(input) };
+function toToolCall(id: string, name: string, input: string): LlmToolCall {
+  if (!input.trim()) return { id, name, args: {} };
+  try {
+    const args: unknown = JSON.parse(input);
+    if (typeof args === 'object' && args !== null && !Array.isArray(args)) return { id, name, args: args as Record<string, unknown> };
+  } catch {
+    // fall through: the runtime decides what to tell the model about unparseable arguments
+  }
+  return { id, name, args: {}, rawArgs: input };
 }
 
-function toFinishReason(reason: string): 'stop' | 'length' | 'tool_calls' | 'other' {
+function toFinishReason(reason: FinishPart['finishReason']['unified']): 'stop' | 'length' | 'tool_calls' | 'other' {
   switch (reason) {
     case 'stop': return 'stop';
     case 'length': return 'length';
@@ -274,25 +282,26 @@ function toFinishReason(reason: string): 'stop' | 'length' | 'tool_calls' | 'oth
   }
 }
 
-function toUsage(usage: { inputTokens?: number | undefined; outputTokens?: number | undefined; totalTokens?: number | undefined }): LlmUsage {
-  const prompt = usage.inputTokens ?? 0;
-  const completion = usage.outputTokens ?? 0;
-  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: usage.totalTokens ?? prompt + completion };
+function toUsage(usage: FinishPart['usage']): LlmUsage {
+  const prompt = usage.inputTokens.total ?? 0;
+  const completion = usage.outputTokens.total ?? 0;
+  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
 }
 
-export function toModelMessages(messages: LlmMessage[]): ModelMessage[] {
-  return messages.map((m): ModelMessage => {
+/** LlmMessage[] → the SDK's model prompt (what streamText would build from ModelMessage[]). */
+export function toPrompt(messages: LlmMessage[]): Prompt {
+  return messages.map((m): Prompt[number] => {
     switch (m.role) {
       case 'system':
+        return { role: 'system', content: m.content };
       case 'user':
-        return { role: m.role, content: m.content };
+        return { role: 'user', content: [{ type: 'text', text: m.content }] };
       case 'assistant':
-        if (!m.toolCalls?.length) return { role: 'assistant', content: m.content };
         return {
           role: 'assistant',
           content: [
             ...(m.content ? [{ type: 'text' as const, text: m.content }] : []),
-            ...m.toolCalls.map((c) => ({ type: 'tool-call' as const, toolCallId: c.id, toolName: c.name, input: c.args })),
+            ...(m.toolCalls ?? []).map((c) => ({ type: 'tool-call' as const, toolCallId: c.id, toolName: c.name, input: c.args })),
           ],
         };
       case 'tool':

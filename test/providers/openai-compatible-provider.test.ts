@@ -226,3 +226,15 @@ describe('OpenAiCompatibleProvider: abort', () => {
     expect(mock.requests).toHaveLength(0);
   });
 });
+
+describe('MockLlm', () => {
+  it('answers non-stream requests with a chat.completion and lists its model', async () => {
+    mock.enqueue({ text: 'plain answer', toolCalls: [{ name: 'calculator', args: { expression: '1+1' } }] });
+    const res = await fetch(`${mock.url}/chat/completions`, { method: 'POST', body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hi' }] }) });
+    const body = await res.json() as any;
+    expect(body.object).toBe('chat.completion');
+    expect(body.choices[0]).toMatchObject({ finish_reason: 'tool_calls', message: { content: 'plain answer', tool_calls: [{ function: { name: 'calculator', arguments: '{"expression":"1+1"}' } }] } });
+    const models = await (await fetch(`${mock.url}/models`)).json() as any;
+    expect(models.data[0].id).toBe('mock-gpt');
+  });
+});

@@ -1,0 +1,89 @@
+import { Writable } from 'node:stream';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config/config.ts';
+import { createServer, listen } from '../../src/server.ts';
+import { ADMIN_PASSWORD, Api, dbTargets, startServer, type TestServer } from '../helpers/server.ts';
+
+describe.each(dbTargets())('operations endpoints on $name', (target) => {
+  let server: TestServer;
+  beforeAll(async () => { server = await startServer(target); });
+  afterAll(async () => server?.close());
+
+  it('/health checks the database', async () => {
+    const r = await new Api(server.url).get('/health');
+    expect(r.status).toBe(200);
+    expect(r.body).toMatchObject({ status: 'ok', db: { ok: true, dialect: target.name } });
+  });
+
+  it('/metrics exposes Prometheus text with request counters', async () => {
+    await new Api(server.url).get('/health');
+    const res = await fetch(`${server.url}/metrics`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toContain('text/plain');
+    const text = await res.text();
+    expect(text).toMatch(/parley_http_requests_total\{method="GET",status="200"\} \d+/);
+    expect(text).toContain('parley_db_ping_seconds');
+  });
+
+  it('unknown paths answer 404 in the envelope, never 500', async () => {
+    for (const path of ['/nope', '/api/v1/nope', '/api/v1/chat/list/extra/deep', '/docs/nope.js']) {
+      const r = await new Api(server.url).get(path);
+      expect(r.status, path).toBe(404);
+      if (path.startsWith('/api')) expect(r.body.status_code).toBe(10404);
+    }
+  });
+
+  it('a protected endpoint without login answers 10401', async () => {
+    const r = await new Api(server.url).get('/api/v1/chat/list');
+    expect(r.status).toBe(401);
+    expect(r.body).toEqual({ status_code: 10401, status_message: 'Login required', data: null });
+  });
+
+  it('bodies over http.body_limit answer 10413', async () => {
+    const api = await new Api(server.url).login('admin', ADMIN_PASSWORD);
+    const r = await api.post('/api/v1/chat/comment', { message_id: 1, comment: 'x'.repeat(server.config.http.body_limit + 10) });
+    expect(r.status).toBe(413);
+    expect(r.body.status_code).toBe(10413);
+  });
+});
+
+describe('/health when the database is gone', () => {
+  it('answers 503 with the error, and the process keeps serving', async () => {
+    const server = await startServer();
+    try {
+      await server.handle.services.db.close();
+      const r = await new Api(server.url).get('/health');
+      expect(r.status).toBe(503);
+      expect(r.body).toMatchObject({ status: 'error', db: { ok: false } });
+      expect((await fetch(`${server.url}/metrics`)).status).toBe(200);
+    } finally {
+      await server.handle.app.close();
+    }
+  });
+});
+
+describe('request logs', () => {
+  it('carry a request id and never the token of the `t` query parameter', async () => {
+    const lines: string[] = [];
+    const sink = new Writable({ write(chunk, _enc, cb) { lines.push(String(chunk)); cb(); } });
+    const { mkdtempSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { config } = loadConfig({ file: null, env: {}, overrides: { server: { host: '127.0.0.1', port: 0, data_dir: mkdtempSync(join(tmpdir(), 'parley-log-')) }, auth: { admin_password: ADMIN_PASSWORD } } });
+    const handle = await createServer(config, { logger: pino({ level: 'info' }, sink) });
+    try {
+      const url = await listen(handle);
+      const api = await new Api(url).login('admin', ADMIN_PASSWORD);
+      const res = await fetch(`${url}/api/v1/user/info?t=${api.token}`, { headers: { 'x-request-id': 'req-abc-123' } });
+      expect(res.status).toBe(200);
+      expect(res.headers.get('x-request-id')).toBe('req-abc-123');
+      const log = lines.join('');
+      expect(log).toContain('req-abc-123');
+      expect(log).toContain('t=[redacted]');
+      expect(log).not.toContain(api.token!);
+    } finally {
+      await handle.close();
+    }
+  });
+});

@@ -39,12 +39,17 @@ export const DEMO_APPS: Array<{ name: string; kind: AppKind; description: string
       tools: [],
       graph: {
         nodes: [
-          { id: 'start', type: 'start', data: { guide_word: 'Welcome to the demo workflow.', guide_questions: [] } },
-          { id: 'ask', type: 'input', data: { mode: 'form', fields: [{ key: 'topic', type: 'text', label: 'Topic', required: true }, { key: 'length', type: 'select', label: 'Length', options: ['short', 'long'], required: true }] } },
-          { id: 'write', type: 'llm', data: { prompt: 'Write a {{ask.length}} note about {{ask.topic}}.' } },
-          { id: 'check', type: 'condition', data: { cases: [{ id: 'long', when: { left: '{{ask.length}}', op: 'eq', right: 'long' } }] } },
-          { id: 'choose', type: 'output', data: { message: 'Done. What next?', options: ['Again', 'Finish'] } },
-          { id: 'short_note', type: 'output', data: { message: 'A short note was written.' } },
+          { id: 'start', type: 'start', data: { name: 'Start', guide_word: 'Welcome to the demo workflow.', guide_questions: ['Try a long note about tea.'] } },
+          {
+            id: 'ask', type: 'input', data: {
+              name: 'Topic', mode: 'form', prompt: 'What should I write about?',
+              fields: [{ key: 'topic', type: 'text', label: 'Topic', required: true }, { key: 'length', type: 'select', label: 'Length', options: ['short', 'long'], required: true }],
+            },
+          },
+          { id: 'write', type: 'llm', data: { name: 'Write', system_prompt: 'You write clear, friendly notes.', prompt: 'Write a {{ask.length}} note about {{ask.topic}}.' } },
+          { id: 'check', type: 'condition', data: { name: 'Long note?', cases: [{ id: 'long', when: { left: '{{ask.length}}', op: 'eq', right: 'long' } }] } },
+          { id: 'choose', type: 'output', data: { name: 'Next step', message: 'That was a long note about {{ask.topic}}. What next?', options: ['Again', 'Finish'] } },
+          { id: 'short_note', type: 'output', data: { name: 'Done', message: 'A short note about {{ask.topic}} was written.' } },
           { id: 'end', type: 'end', data: {} },
         ],
         edges: [

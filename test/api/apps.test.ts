@@ -11,7 +11,7 @@ const validGraph = {
   nodes: [
     { id: 'start', type: 'start', data: {} },
     { id: 'ask', type: 'input', data: { mode: 'dialog' } },
-    { id: 'answer', type: 'llm', data: { prompt: 'Answer {{ask.text}}' }, position: { x: 1, y: 2 } },
+    { id: 'answer', type: 'llm', data: { prompt: 'Answer {{ask.user_input}}' }, position: { x: 1, y: 2 } },
     { id: 'end', type: 'end' },
   ],
   edges: [{ source: 'start', target: 'ask' }, { source: 'ask', target: 'answer' }, { source: 'answer', target: 'end' }],

@@ -127,6 +127,26 @@ function migrations(dialect: Dialect): Record<string, Migration> {
         }
       },
     },
+    '0002_workflow_runs': {
+      async up(db: AnyDb) {
+        await db.schema.createTable('workflow_runs')
+          .addColumn('chat_id', 'varchar(64)', (c) => c.primaryKey())
+          .addColumn('run_id', 'varchar(32)', (c) => c.notNull())
+          .addColumn('app_id', 'varchar(32)', (c) => c.notNull())
+          .addColumn('version', 'integer')
+          .addColumn('user_id', 'integer', (c) => c.notNull())
+          .addColumn('status', 'varchar(16)', (c) => c.notNull())
+          .addColumn('state', 'text', (c) => c.notNull())
+          .addColumn('node_id', 'varchar(128)')
+          .addColumn('expires_at', 'varchar(32)')
+          .addColumn('create_time', 'varchar(32)', (c) => c.notNull())
+          .addColumn('update_time', 'varchar(32)', (c) => c.notNull())
+          .execute();
+      },
+      async down(db: AnyDb) {
+        await db.schema.dropTable('workflow_runs').ifExists().execute();
+      },
+    },
   };
 }
 

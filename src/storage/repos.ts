@@ -4,6 +4,7 @@ import type { Db } from './db.ts';
 import { MessageRepo } from './message-repo.ts';
 import { AuditRepo, StatsRepo } from './stats-repo.ts';
 import { ApiKeyRepo, SettingsRepo, UserRepo } from './user-repo.ts';
+import { WorkflowRunRepo } from './workflow-run-repo.ts';
 
 /** Every repository over one database: the only code that writes SQL. */
 export interface Repos {
@@ -15,6 +16,7 @@ export interface Repos {
   messages: MessageRepo;
   stats: StatsRepo;
   audit: AuditRepo;
+  workflowRuns: WorkflowRunRepo;
 }
 
 export function createRepos(db: Db): Repos {
@@ -28,5 +30,6 @@ export function createRepos(db: Db): Repos {
     messages: new MessageRepo(k),
     stats: new StatsRepo(k),
     audit: new AuditRepo(k),
+    workflowRuns: new WorkflowRunRepo(k),
   };
 }

@@ -110,6 +110,25 @@ export interface AuditLogTable {
   create_time: string;
 }
 
+/** The durable state of a conversation's workflow run (one per conversation). */
+export interface WorkflowRunsTable {
+  chat_id: string;
+  run_id: string;
+  app_id: string;
+  version: number | null;
+  user_id: number;
+  status: 'running' | 'input' | 'success' | 'failed' | 'stopped';
+  /** JSON of the executor's WorkflowRunState */
+  state: string;
+  /** the node waiting for input */
+  node_id: string | null;
+  /** when a pending input request expires */
+  expires_at: string | null;
+  create_time: string;
+  /** also the compare-and-set token of `claim` */
+  update_time: string;
+}
+
 export interface SettingsTable {
   key: string;
   value: string;
@@ -123,6 +142,7 @@ export interface Database {
   conversations: ConversationsTable;
   messages: MessagesTable;
   audit_log: AuditLogTable;
+  workflow_runs: WorkflowRunsTable;
   settings: SettingsTable;
 }
 
@@ -136,3 +156,4 @@ export type MessageRow = Selectable<MessagesTable>;
 export type NewMessage = Insertable<MessagesTable>;
 export type MessagePatch = Updateable<MessagesTable>;
 export type AuditRow = Selectable<AuditLogTable>;
+export type WorkflowRunRow = Selectable<WorkflowRunsTable>;

@@ -75,7 +75,7 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
 
   const conversations = new ConversationService(repos);
   const services: Services = {
-    config, db, repos, auth, apps, chat, gateway, conversations,
+    config, db, repos, auth, apps, chat, bus, gateway, conversations,
     feedback: new FeedbackService(repos, conversations),
     turns: chat,
     metrics: new Metrics(),

@@ -11,7 +11,7 @@ import { FLOW_TYPE, isHexId, type AppKind, type AppSpec, type Principal } from '
 import { AssistantRuntime } from '../runtimes/assistant-runtime.ts';
 import type { Runtime } from '../runtimes/runtime.ts';
 import type { Repos } from '../storage/repos.ts';
-import type { AppRow, ConversationRow, NewMessage } from '../storage/tables.ts';
+import type { AppRow, ConversationRow, MessageRow, NewMessage } from '../storage/tables.ts';
 import { BREAK_ANSWER, buildContext, CLEAR_MARKER, questionText } from './context.ts';
 import { Moderation } from './moderation.ts';
 import type { TurnControl } from './turn-control.ts';
@@ -73,6 +73,8 @@ const TITLE_LENGTH = 60;
 export class ChatService implements TurnControl {
   private readonly running = new Map<string, RunningTurn>();
   private readonly clientIds = new Map<string, { turn: TurnStarted; expires: number }>();
+  /** when expired client_message_ids are next swept out of `clientIds` (ms) */
+  private nextClientIdSweep = 0;
   private readonly debugSeq = new Map<string, number>();
   private readonly limiter: RateLimiterMemory;
   private readonly moderation: Moderation;
@@ -118,6 +120,17 @@ export class ChatService implements TurnControl {
     return this.running.has(key);
   }
 
+  /**
+   * Forgets the seq counter of a debug key nobody watches any more (an SSE or API request uses one
+   * key per request; without this every stateless call would leave an entry behind).
+   */
+  forgetDebugKey(key: string): void {
+    if (!key.startsWith('debug:')) return;
+    const turn = this.running.get(key);
+    if (turn) void turn.done.then(() => this.debugSeq.delete(key));
+    else this.debugSeq.delete(key);
+  }
+
   /** Starts a turn. Throws 10413 (too long), 10429 (rate), 10409 (one is running), 10400. */
   async ask(input: AskInput): Promise<TurnStarted> {
     const { principal, target } = input;
@@ -133,34 +146,39 @@ export class ChatService implements TurnControl {
       if (seen && seen.expires > Date.now()) return { ...seen.turn, duplicate: true };
     }
     if (this.running.has(key)) throw new AppError('conflict');
-    await this.consumeRate(principal.id);
-
+    // the conversation is taken before the first await, so a concurrent question gets 10409 before
+    // anything of it is stored (a stop in the meantime aborts the turn before it runs)
     const turnId = randomUUID().replaceAll('-', '');
-    let conv: ConversationRow | null = null;
-    let questionId: number | null = null;
-    let history: LlmMessage[] = input.history ?? [];
-    const blocked = this.moderation.checkInput(input.text);
-    if (target.chatId !== null) {
-      conv = await this.ensureConversation(principal, target, input.text);
-      const window = target.spec.history_window ?? this.deps.config.chat.max_history_messages;
-      // the context is read before the question is stored, so it holds only earlier messages
-      if (!input.history) history = window > 0 ? buildContext(await this.deps.repos.messages.latest(target.chatId, window * 2 + 10), window) : [];
-      const q = await this.deps.repos.messages.insert({
-        ...this.rowBase(principal, target, turnId), is_bot: 0, type: 'human', category: 'question',
-        message: JSON.stringify(input.inputs), sensitive_status: blocked ? 2 : 1,
-      });
-      questionId = q.id;
-      if (blocked) await this.deps.repos.conversations.update(target.chatId, { sensitive_status: 2 });
-    }
-    // a new turn must start while no other does; the awaits above may have let one in
-    if (this.running.has(key)) throw new AppError('conflict');
-
-    const fromSeq = await this.seqFloor(key, conv);
     const controller = new AbortController();
     const turn: RunningTurn = { key, turnId, userId: principal.id, controller, done: Promise.resolve() };
     this.running.set(key, turn);
+
+    let conv: ConversationRow | null = null;
+    let questionId: number | null = null;
+    let history: LlmMessage[] = input.history ?? [];
+    let fromSeq: number;
+    const blocked = this.moderation.checkInput(input.text);
+    try {
+      await this.consumeRate(principal.id);
+      if (target.chatId !== null) {
+        conv = await this.ensureConversation(principal, target, input.text);
+        const window = target.spec.history_window ?? this.deps.config.chat.max_history_messages;
+        // the context is read before the question is stored, so it holds only earlier messages
+        if (!input.history) history = window > 0 ? buildContext(await this.deps.repos.messages.latest(target.chatId, window * 2 + 10), window) : [];
+        const q = await this.deps.repos.messages.insert({
+          ...this.rowBase(principal, target, turnId), is_bot: 0, type: 'human', category: 'question',
+          message: JSON.stringify(input.inputs), sensitive_status: blocked ? 2 : 1,
+        });
+        questionId = q.id;
+        if (blocked) await this.deps.repos.conversations.update(target.chatId, { sensitive_status: 2 });
+      }
+      fromSeq = await this.seqFloor(key, conv);
+    } catch (err) {
+      this.running.delete(key);
+      throw err;
+    }
     const started: TurnStarted = { key, turnId, fromSeq, duplicate: false };
-    if (idKey) this.clientIds.set(idKey, { turn: started, expires: Date.now() + this.deps.config.chat.replay_ttl * 1000 });
+    if (idKey) this.rememberClientId(idKey, started);
     // the first event is published on a later tick, so the caller can subscribe first
     turn.done = new Promise<void>((r) => setImmediate(r)).then(() => this.runTurn(turn, input, { fromSeq, questionId, history, blocked }));
     return started;
@@ -169,22 +187,30 @@ export class ChatService implements TurnControl {
   /** Re-runs the last question of a conversation; the old answer stays as a sibling. */
   async regenerate(principal: Principal, target: ChatTarget): Promise<TurnStarted> {
     if (target.chatId === null) throw AppError.invalid([{ path: 'chat_id', message: 'required' }]);
-    if (this.running.has(target.chatId)) throw new AppError('conflict');
-    const rows = await this.deps.repos.messages.latest(target.chatId, 200);
-    const qIndex = rows.findLastIndex((r) => r.category === 'question');
-    if (qIndex < 0) throw AppError.notFound('No question to regenerate');
-    const question = rows[qIndex]!;
-    await this.consumeRate(principal.id);
-    const window = target.spec.history_window ?? this.deps.config.chat.max_history_messages;
-    const history = window > 0 ? buildContext(rows.slice(0, qIndex), window) : [];
     const key = target.chatId;
-    const conv = (await this.deps.repos.conversations.get(key)) ?? null;
     if (this.running.has(key)) throw new AppError('conflict');
     const turnId = randomUUID().replaceAll('-', '');
-    const fromSeq = await this.seqFloor(key, conv);
     const controller = new AbortController();
     const turn: RunningTurn = { key, turnId, userId: principal.id, controller, done: Promise.resolve() };
     this.running.set(key, turn);
+    let question: MessageRow;
+    let history: LlmMessage[];
+    let fromSeq: number;
+    try {
+      // a socket may have resolved this chat_id before its conversation existed: check the owner now
+      const conv = await this.ownConversation(principal, target);
+      const rows = conv ? await this.deps.repos.messages.latest(key, 200) : [];
+      const qIndex = rows.findLastIndex((r) => r.category === 'question');
+      if (qIndex < 0) throw AppError.notFound('No question to regenerate');
+      question = rows[qIndex]!;
+      await this.consumeRate(principal.id);
+      const window = target.spec.history_window ?? this.deps.config.chat.max_history_messages;
+      history = window > 0 ? buildContext(rows.slice(0, qIndex), window) : [];
+      fromSeq = await this.seqFloor(key, conv);
+    } catch (err) {
+      this.running.delete(key);
+      throw err;
+    }
     const text = questionText(question.message);
     const inputs = { input: text };
     turn.done = new Promise<void>((r) => setImmediate(r)).then(() =>
@@ -195,7 +221,7 @@ export class ChatService implements TurnControl {
   /** Marks a fresh context: the next turn sees no earlier message. */
   async clearHistory(principal: Principal, target: ChatTarget): Promise<void> {
     if (target.chatId === null) return;
-    if (!(await this.deps.repos.conversations.get(target.chatId))) return;
+    if (!(await this.ownConversation(principal, target))) return;
     await this.deps.repos.messages.insert({
       ...this.rowBase(principal, target, null), is_bot: 1, type: 'info', category: CLEAR_MARKER, message: '',
     });
@@ -222,6 +248,16 @@ export class ChatService implements TurnControl {
     this.unsubscribeControl();
   }
 
+  /** A repeated client_message_id answers this turn until replay_ttl; expired ids are swept now and then. */
+  private rememberClientId(idKey: string, turn: TurnStarted): void {
+    const now = Date.now();
+    if (now >= this.nextClientIdSweep) {
+      for (const [k, v] of this.clientIds) if (v.expires <= now) this.clientIds.delete(k);
+      this.nextClientIdSweep = now + 60_000;
+    }
+    this.clientIds.set(idKey, { turn, expires: now + this.deps.config.chat.replay_ttl * 1000 });
+  }
+
   private async consumeRate(userId: number): Promise<void> {
     try {
       await this.limiter.consume(String(userId));
@@ -236,6 +272,14 @@ export class ChatService implements TurnControl {
       chat_id: target.chatId!, flow_id: target.app.id, user_id: p.id, intermediate_steps: '', files: '[]', extra: '{}',
       source: 0, sender: '', receiver: null, remark: '', parent_message_id: null, turn_id: turnId,
     } satisfies Partial<NewMessage>;
+  }
+
+  /** The conversation of `target`, or null while it does not exist; someone else's (or a deleted one) is refused. */
+  private async ownConversation(p: Principal, target: ChatTarget): Promise<ConversationRow | null> {
+    const conv = await this.deps.repos.conversations.get(target.chatId!);
+    if (!conv) return null;
+    if (conv.user_id !== p.id || conv.is_delete || conv.flow_id !== target.app.id) throw new AppError('forbidden', 'no permission');
+    return conv;
   }
 
   private async ensureConversation(p: Principal, target: ChatTarget, text: string): Promise<ConversationRow> {
@@ -281,21 +325,32 @@ export class ChatService implements TurnControl {
       bus.publish(event);
     };
 
-    const saveAnswer = async (answer: string, usage: LlmUsage | null, remark: string): Promise<number | null> => {
+    /**
+     * Stores the tool rows and the answer. A blocked answer is recorded (sensitive_status 2 on it and
+     * its conversation; `extra.moderation` says which review blocked it, so the context can leave out a
+     * blocked question).
+     */
+    const saveAnswer = async (answer: string, usage: LlmUsage | null, remark: string, moderation: Blocked | null = null): Promise<number | null> => {
       if (target.chatId === null) return null;
       const rows = await repos.messages.insertMany([...toolRows, {
         ...this.rowBase(principal, target, turn.turnId), is_bot: 1, type: 'bot', category: 'answer', message: answer,
-        parent_message_id: state.questionId, remark, sensitive_status: state.blocked ? 2 : 1,
-        extra: JSON.stringify(usage ? { usage } : {}), tokens: usage?.total_tokens ?? 0, latency_ms: Date.now() - started,
+        parent_message_id: state.questionId, remark, sensitive_status: moderation ? 2 : 1,
+        extra: JSON.stringify({ ...(usage ? { usage } : {}), ...(moderation ? { moderation } : {}) }), tokens: usage?.total_tokens ?? 0, latency_ms: Date.now() - started,
       }]);
+      if (moderation === 'output') await repos.conversations.update(target.chatId, { sensitive_status: 2 });
       return rows[rows.length - 1]!.id;
+    };
+    /** Output review of whatever text is kept, partial answers included. */
+    const review = (answer: string): { answer: string; moderation: Blocked | null } => {
+      const replaced = this.moderation.checkOutput(answer);
+      return replaced === null ? { answer, moderation: null } : { answer: replaced, moderation: 'output' };
     };
 
     emit({ kind: 'begin' });
     try {
       if (state.blocked) {
         emit({ kind: 'answer_start' });
-        const messageId = await saveAnswer(state.blocked, null, '');
+        const messageId = await saveAnswer(state.blocked, null, '', 'input');
         emit({ kind: 'answer_end', messageId, text: state.blocked, usage: null, stopped: false });
       } else {
         const provider = this.deps.providers.get(target.spec.model.provider);
@@ -303,20 +358,23 @@ export class ChatService implements TurnControl {
         if (unknown.length) throw new AppError('app_unbuildable', `Unknown tools: ${unknown.join(', ')}`);
         const result = await this.runtime.run({ spec: target.spec, provider, tools, history: state.history, question: input.text, signal: turn.controller.signal, emit });
         if (turn.controller.signal.aborted) throw new StopSignal();
-        const replaced = this.moderation.checkOutput(text);
-        const answer = replaced ?? text;
+        const { answer, moderation } = review(text);
         emit({ kind: 'answer_start' });
-        const messageId = await saveAnswer(answer, result.usage, '');
+        const messageId = await saveAnswer(answer, result.usage, '', moderation);
         emit({ kind: 'answer_end', messageId, text: answer, usage: result.usage, stopped: false });
       }
     } catch (err) {
       if (turn.controller.signal.aborted) {
-        const messageId = await saveAnswer(text, null, BREAK_ANSWER).catch(() => null);
+        const partial = review(text);
+        const messageId = await saveAnswer(partial.answer, null, BREAK_ANSWER, partial.moderation).catch(() => null);
         emit({ kind: 'answer_end', messageId, text: '', usage: null, stopped: true });
       } else {
         const e = toAppError(err);
         if (e.code === 'internal' && !(err instanceof AppError)) console.error(err);
-        if (text) await saveAnswer(text, null, BREAK_ANSWER).catch(() => null);
+        if (text) {
+          const partial = review(text);
+          await saveAnswer(partial.answer, null, BREAK_ANSWER, partial.moderation).catch(() => null);
+        }
         emit({ kind: 'error', code: e.code, message: e.message });
       }
     } finally {
@@ -330,3 +388,6 @@ export class ChatService implements TurnControl {
 }
 
 class StopSignal extends Error {}
+
+/** Which review blocked an answer: the question (input) or the model's text (output). */
+type Blocked = 'input' | 'output';

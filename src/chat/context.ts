@@ -19,6 +19,8 @@ export function questionText(message: string): string {
 /**
  * The model's context from stored rows (oldest first): everything after the last clear marker,
  * without interrupted answers, and — where a question was regenerated — only its newest turn.
+ * A question the input review blocked (its newest answer is the review's reply) is left out with
+ * that reply: the model never sees it.
  */
 export function buildContext(rows: MessageRow[], limit: number): LlmMessage[] {
   let start = 0;
@@ -27,6 +29,11 @@ export function buildContext(rows: MessageRow[], limit: number): LlmMessage[] {
 
   const newestTurn = new Map<number, string | null>();
   for (const r of kept) if (r.parent_message_id !== null && r.is_bot) newestTurn.set(r.parent_message_id, r.turn_id);
+  const blocked = new Set<number>();
+  for (const r of kept) {
+    if (r.category === 'answer' && r.parent_message_id !== null && r.sensitive_status === 2 && newestTurn.get(r.parent_message_id) === r.turn_id
+      && parseJson<{ moderation?: string }>(r.extra).moderation === 'input') blocked.add(r.parent_message_id);
+  }
 
   const out: LlmMessage[] = [];
   let pendingCalls: { calls: LlmToolCall[]; results: LlmMessage[] } | null = null;
@@ -35,7 +42,8 @@ export function buildContext(rows: MessageRow[], limit: number): LlmMessage[] {
     pendingCalls = null;
   };
   for (const r of kept) {
-    if (r.is_bot && r.parent_message_id !== null && newestTurn.get(r.parent_message_id) !== r.turn_id) continue;
+    if (r.is_bot && r.parent_message_id !== null && (newestTurn.get(r.parent_message_id) !== r.turn_id || blocked.has(r.parent_message_id))) continue;
+    if (r.category === 'question' && blocked.has(r.id)) continue;
     if (r.category === 'tool') {
       const m = parseJson<{ tool_key?: string; input?: Record<string, unknown>; output?: string }>(r.message);
       const extra = parseJson<{ run_id?: string }>(r.extra);

@@ -106,9 +106,16 @@ export async function buildApp(services: Services, logger: Logger): Promise<App>
 
   await app.register(fastifyCookie);
   // ws accepts 100 MiB frames unless told otherwise; no permessage-deflate (STYLE.md)
-  await app.register(fastifyWebsocket, { options: { maxPayload: config.chat.max_frame_bytes, perMessageDeflate: false } });
-  // stop accepting, persist running turns' partial answers, close sockets with 1001 — before the server closes
-  app.addHook('preClose', async () => services.gateway.shutdown());
+  await app.register(fastifyWebsocket, {
+    options: { maxPayload: config.chat.max_frame_bytes, perMessageDeflate: false },
+    // replaces the plugin's own preClose, which closes every socket at once without a code: first
+    // stop accepting, persist running turns' partial answers and close sockets with 1001 (PRODUCT.md §7)
+    preClose: async function (this: FastifyInstance) {
+      await services.gateway.shutdown();
+      for (const client of this.websocketServer.clients) client.close(1001, 'going away');
+      this.websocketServer.close();
+    },
+  });
   app.decorateRequest('principal', null);
   app.addSchema(ErrorEnvelope);
 

@@ -1,5 +1,6 @@
 import type { AppService } from '../apps/app-service.ts';
 import type { AuthService } from '../auth/auth-service.ts';
+import type { Bus } from '../bus/bus.ts';
 import type { ChatService } from '../chat/chat-service.ts';
 import type { ConversationService } from '../chat/conversation-service.ts';
 import type { FeedbackService } from '../chat/feedback-service.ts';
@@ -21,6 +22,8 @@ export interface Services {
   feedback: FeedbackService;
   turns: TurnControl;
   chat: ChatService;
+  /** conversation events, for transports that watch them (SSE) */
+  bus: Bus;
   gateway: WsGateway;
   metrics: Metrics;
 }

@@ -11,6 +11,8 @@ import { parseClientFrame, type ClientFrame } from './client-frames.ts';
 
 interface Watch {
   unsubscribe: Unsubscribe;
+  /** a turn of this conversation began and has not closed yet (also when it runs on another instance) */
+  inFlight: boolean;
   /** the highest seq sent on this socket: nothing at or below it is sent again */
   lastSent: number;
   /** while a resume replays, live events wait here */
@@ -21,9 +23,11 @@ interface Watch {
 export class WsSession {
   readonly id = randomUUID();
   readonly debugKey = `debug:${this.id}`;
-  lastSeen = Date.now();
+  /** the peer answered a ping or sent a frame (liveness) */
+  lastAlive = Date.now();
+  /** the client sent a frame or a watched turn sent one (activity; the idle clock) */
+  lastActive = Date.now();
   private readonly watches = new Map<string, Watch>();
-  private readonly targets = new Map<string, ChatTarget>();
   /** keys of turns this socket started (stopped on disconnect in debug mode) */
   private readonly started = new Set<string>();
   private queue: Promise<void> = Promise.resolve();
@@ -35,19 +39,65 @@ export class WsSession {
     /** seconds since epoch when the token expires */
     readonly tokenExp: number,
     private target: ChatTarget,
-    private readonly deps: { chat: ChatService; bus: Bus; config: Config; kind: AppKind | undefined },
-  ) {
-    if (target.chatId) this.targets.set(target.chatId, target);
-  }
+    private readonly deps: {
+      chat: ChatService; bus: Bus; config: Config;
+      /** the app kind the socket's path pins, and the app version its query asked for */
+      kind: AppKind | undefined; versionId?: number | undefined;
+      onError?: (err: unknown) => void;
+    },
+  ) {}
 
   send(text: string): void {
     if (!this.closed && this.socket.readyState === 1) this.socket.send(text);
   }
 
+  /** A frame as `ws` delivers it: only text frames are accepted (PROTOCOL.md §3.1). */
+  receiveRaw(data: Buffer, isBinary: boolean): void {
+    if (isBinary) {
+      this.alive();
+      this.lastActive = this.lastAlive;
+      this.queue = this.queue.then(() => this.reject(AppError.invalid([{ path: '', message: 'binary frames are not accepted; send JSON text' }], 'Binary frame')));
+    } else {
+      this.receive(data.toString('utf8'));
+    }
+  }
+
   /** Frames are handled one at a time, in order, so a `stop` right after a question finds its turn. */
   receive(raw: string): void {
-    this.lastSeen = Date.now();
-    this.queue = this.queue.then(() => this.handle(raw)).catch((err: unknown) => this.reject(toAppError(err)));
+    this.alive();
+    this.lastActive = this.lastAlive;
+    this.queue = this.queue.then(() => this.handle(raw)).catch((err: unknown) => {
+      const e = toAppError(err);
+      if (e.code === 'internal') this.deps.onError?.(err);
+      this.reject(e);
+    });
+  }
+
+  /** The peer answered a protocol ping. */
+  alive(): void {
+    this.lastAlive = Date.now();
+  }
+
+  /** Is a turn of a conversation this socket watches running (here or on another instance)? */
+  busy(): boolean {
+    for (const [key, w] of this.watches) if (w.inFlight || this.deps.chat.isRunning(key)) return true;
+    return false;
+  }
+
+  ping(): void {
+    if (!this.closed && this.socket.readyState === 1) this.socket.ping();
+  }
+
+  /** The token expired on a long-lived socket (STYLE.md: long-lived sockets re-check expiry). */
+  expire(): void {
+    this.reject(new AppError('unauthorized', 'Token expired'));
+    this.close(1008, 'Unauthorized');
+  }
+
+  /** A dead peer cannot take part in a close handshake: drop the connection. */
+  terminate(): void {
+    this.closed = true;
+    this.socket.terminate();
   }
 
   private reject(err: AppError, chatId?: string): void {
@@ -55,11 +105,8 @@ export class WsSession {
   }
 
   private async handle(raw: string): Promise<void> {
-    if (this.tokenExp * 1000 <= Date.now()) {
-      this.reject(new AppError('unauthorized', 'Token expired'));
-      this.close(1008, 'Unauthorized');
-      return;
-    }
+    if (this.closed) return;
+    if (this.tokenExp * 1000 <= Date.now()) return this.expire();
     const frame = parseClientFrame(raw);
     if (frame.kind === 'ping') return this.send(outsideFrame('system', 'pong', '', {}));
     const target = await this.targetFor(frame);
@@ -97,25 +144,31 @@ export class WsSession {
     }
   }
 
-  /** The conversation a frame is about: its own chat_id (and app) override the socket's. */
+  /**
+   * The conversation a frame is about: its own chat_id (and app) override the socket's. Authorized
+   * again for every frame: a chat_id that was free at connect may since belong to another user, and
+   * an app may have gone offline or been deleted.
+   */
   private async targetFor(frame: ClientFrame): Promise<ChatTarget> {
     const chatId = frame.chatId ?? this.target.chatId;
     const appId = frame.appId ?? this.target.app.id;
-    if (chatId === this.target.chatId && appId === this.target.app.id) return this.target;
-    const cached = chatId ? this.targets.get(chatId) : undefined;
-    if (cached && cached.app.id === appId) return cached;
-    const target = await this.deps.chat.resolveTarget(this.principal, appId, { chatId, kind: this.deps.kind });
-    if (chatId) this.targets.set(chatId, target);
+    // these act on a stored conversation: debug mode has none
     if ((frame.kind === 'regenerate' || frame.kind === 'resume') && !chatId) throw AppError.invalid([{ path: 'chat_id', message: 'required' }]);
-    return target;
+    const versionId = appId === this.target.app.id ? this.deps.versionId : undefined;
+    return this.deps.chat.resolveTarget(this.principal, appId, { chatId, kind: this.deps.kind, versionId });
   }
 
   /** Starts sending the live events of `key` to this socket (idempotent). */
   watch(key: string): Watch {
     let w = this.watches.get(key);
     if (w) return w;
-    const watch: Watch = { lastSent: -1, buffer: null, unsubscribe: () => undefined };
+    const watch: Watch = { lastSent: -1, inFlight: false, buffer: null, unsubscribe: () => undefined };
     watch.unsubscribe = this.deps.bus.subscribe(key, (e) => {
+      // a chat_id watched before its conversation existed may then be created by another user:
+      // only the caller's own turns reach this socket
+      if (e.userId !== this.principal.id) return;
+      watch.inFlight = e.body.kind !== 'close';
+      this.lastActive = Date.now();
       if (watch.buffer) watch.buffer.push(e);
       else if (e.seq > watch.lastSent) {
         watch.lastSent = e.seq;
@@ -140,6 +193,8 @@ export class WsSession {
       // an explicit resume re-sends from afterSeq; a repeated question only sends what was not seen
       w.lastSent = announce ? afterSeq : Math.max(w.lastSent, afterSeq);
       for (const e of [...(events ?? []), ...w.buffer]) {
+        if (e.userId !== this.principal.id) continue;
+        w.inFlight = e.body.kind !== 'close';
         if (e.seq > w.lastSent) {
           w.lastSent = e.seq;
           this.send(encodeFrame(e));
@@ -163,7 +218,11 @@ export class WsSession {
     this.watches.clear();
     for (const key of this.started) {
       const debug = key.startsWith('debug:');
-      if ((debug || !this.deps.config.chat.run_on_disconnect) && this.deps.chat.isRunning(key)) void this.deps.chat.stop(key);
+      if ((debug || !this.deps.config.chat.run_on_disconnect) && this.deps.chat.isRunning(key)) {
+        this.deps.chat.stop(key).catch((err: unknown) => this.deps.onError?.(err));
+      }
     }
+    // nobody can watch this socket's debug key again: let the chat core forget its seq counter
+    this.deps.chat.forgetDebugKey(this.debugKey);
   }
 }

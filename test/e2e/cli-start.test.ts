@@ -3,6 +3,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { newChatId } from '../helpers/apps.ts';
+import { WsClient, kinds } from '../helpers/ws-client.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const CLI = join(ROOT, 'bin/parley.mjs');
@@ -72,6 +74,56 @@ describe('parley serve with no configuration', () => {
       expect((await fetch(`${second.url}/health`)).status).toBe(200);
     } finally {
       await stop(second);
+    }
+  });
+
+  it('the seeded "Demo chat" and "Demo assistant" answer over WebSocket with the offline demo provider', async () => {
+    const fresh = mkdtempSync(join(tmpdir(), 'parley-cli-'));
+    const server = await start(fresh);
+    try {
+      const password = /user:\s+admin\s+password:\s+(\S+)/.exec(server.stdout())![1]!;
+      const login = await fetch(`${server.url}/api/v1/user/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ user_name: 'admin', password }) });
+      const token = ((await login.json()) as { data: { access_token: string } }).data.access_token;
+      const online = await fetch(`${server.url}/api/v1/chat/online`, { headers: { authorization: `Bearer ${token}` } });
+      const apps = ((await online.json()) as { data: Array<{ id: string; name: string }> }).data;
+      const idOf = (name: string) => apps.find((a) => a.name === name)!.id;
+
+      /** a question on a new conversation, the token in `t` as a browser sends it; the turn's frames */
+      const ask = async (appId: string, question: string) => {
+        const chatId = newChatId();
+        const ws = await WsClient.connect(server.url, `/api/v1/chat/${appId}?chat_id=${chatId}&t=${token}`);
+        try {
+          expect(ws.closeCode, ws.describe()).toBeNull();
+          ws.send({ chat_id: chatId, inputs: { input: question } });
+          const frames = await ws.turn(0, 15_000);
+          expect(frames.every((f) => f.chat_id === chatId && f.flow_id === appId)).toBe(true);
+          expect(kinds(frames)[0]).toBe('processing/begin');
+          expect(kinds(frames).slice(-2), ws.describe()).toEqual(['answer/end_cover', 'processing/close']);
+          return frames;
+        } finally {
+          ws.close();
+        }
+      };
+
+      const chat = await ask(idOf('Demo chat'), 'Hello there!');
+      const chatAnswer = chat.at(-2)!;
+      expect(typeof chatAnswer.message).toBe('string');
+      expect((chatAnswer.message as string).trim().length).toBeGreaterThan(0);
+      expect(typeof chatAnswer.message_id).toBe('number');
+      expect(kinds(chat)).not.toContain('tool/start');
+
+      const assistant = await ask(idOf('Demo assistant'), 'What is 12 * (3 + 4)?');
+      const toolStart = assistant.find((f) => f.category === 'tool' && f.type === 'start');
+      const toolEnd = assistant.find((f) => f.category === 'tool' && f.type === 'end');
+      expect(toolStart, kinds(assistant).join(' ')).toBeDefined();
+      expect(JSON.parse(toolStart!.message as string).tool_key).toBe('calculator');
+      expect(JSON.parse(toolEnd!.message as string)).toMatchObject({ tool_key: 'calculator', output: '84' });
+      const answer = assistant.at(-2)!.message as string;
+      expect(answer.trim().length).toBeGreaterThan(0);
+      expect(answer).toContain('84');
+    } finally {
+      expect(await stop(server)).toBe(0);
+      rmSync(fresh, { recursive: true, force: true });
     }
   });
 

@@ -1,0 +1,123 @@
+import { PassThrough } from 'node:stream';
+import type { FastifyReply } from 'fastify';
+
+export interface SseOptions {
+  /** what a keep-alive writes after `heartbeatMs` of silence (a comment, or Astron's ping event) */
+  ping: string;
+  heartbeatMs: number;
+}
+
+/** The client closed the connection (the socket is gone). */
+export const isClientGone = (reply: FastifyReply): boolean => reply.raw.destroyed || reply.request.raw.socket?.destroyed === true;
+
+/** `: ping` — a comment line; every SSE parser skips it. */
+export const PING_COMMENT = ': ping\n\n';
+
+/** One `data:` event; `data` must not hold a newline (JSON.stringify output never does). */
+export const dataEvent = (data: string): string => `data: ${data}\n\n`;
+
+/**
+ * One `text/event-stream` response. The status and headers are committed by the first write (or
+ * the first keep-alive), so a route may still answer with an HTTP error until it has something to
+ * send. Keep-alives are written whenever the stream was silent for `heartbeatMs`. The response goes
+ * through Fastify (`reply.send(stream)`), so request logging and the request id header still apply.
+ */
+export class SseStream {
+  private body: PassThrough | null = null;
+  private timer: NodeJS.Timeout | undefined;
+  private lastWrite = Date.now();
+  private done = false;
+  private clientGone = false;
+  private gone: Array<() => void> = [];
+
+  constructor(private readonly reply: FastifyReply, private readonly opts: SseOptions) {
+    // `close` also follows a normal end; only a close before `end()` means the client went away
+    reply.raw.on('close', () => this.lost());
+    // it may have gone while the route was still awaiting something
+    if (isClientGone(reply)) this.lost();
+    this.arm(opts.heartbeatMs);
+  }
+
+  private lost(): void {
+    if (this.done) return;
+    this.stop();
+    this.clientGone = true;
+    // nothing was sent: whatever the route does later must not try to answer a closed socket
+    if (!this.body) this.reply.hijack();
+    for (const fn of this.gone.splice(0)) fn();
+  }
+
+  /** true once the status and headers were sent */
+  get opened(): boolean {
+    return this.body !== null;
+  }
+
+  /** true after `end()`, `abandon()` or the client going away: writes are dropped */
+  get closed(): boolean {
+    return this.done;
+  }
+
+  /** Runs `fn` when the client goes away before the stream ended (at once if it is gone already). */
+  onClientGone(fn: () => void): void {
+    if (this.clientGone) queueMicrotask(fn);
+    else if (!this.done) this.gone.push(fn);
+  }
+
+  /** Commits status 200 and the SSE headers (idempotent). */
+  open(): void {
+    if (this.body || this.done) return;
+    const body = new PassThrough();
+    body.on('error', () => undefined);
+    this.body = body;
+    this.reply.code(200).headers({
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache',
+      // nginx and similar proxies buffer responses unless told not to
+      'x-accel-buffering': 'no',
+    });
+    void this.reply.send(body);
+  }
+
+  write(text: string): void {
+    if (this.done) return;
+    this.open();
+    if (this.body!.destroyed) return;
+    this.body!.write(text);
+    this.lastWrite = Date.now();
+  }
+
+  /** Writes `last` (if any) and ends the response. */
+  end(last?: string): void {
+    if (this.done) return;
+    if (last) this.write(last);
+    this.open();
+    this.stop();
+    this.body!.end();
+  }
+
+  /** Gives the reply back unopened (the route answers with an error or another status instead). */
+  abandon(): void {
+    this.stop();
+  }
+
+  private stop(): void {
+    this.done = true;
+    clearTimeout(this.timer);
+  }
+
+  /** One timer, re-armed lazily: writes only stamp `lastWrite`. */
+  private arm(ms: number): void {
+    this.timer = setTimeout(() => {
+      if (this.done) return;
+      const due = this.lastWrite + this.opts.heartbeatMs;
+      const now = Date.now();
+      if (now >= due) {
+        this.write(this.opts.ping);
+        this.arm(this.opts.heartbeatMs);
+      } else {
+        this.arm(due - now);
+      }
+    }, ms);
+    this.timer.unref();
+  }
+}

@@ -3,13 +3,17 @@ import type { Bus, ControlMessage, Unsubscribe } from './bus.ts';
 
 interface Channel {
   listeners: Set<(event: ChatEvent) => void>;
-  /** events of the current (or last finished) turn */
+  /** events of the last finished turn (while its replay_ttl lasts) and of the current turn */
   log: ChatEvent[];
+  /** index in `log` where the newest turn begins */
+  turnStart: number;
   /** the last seq published before `log` began: the log covers every afterSeq ≥ floor */
   floor: number;
   lastSeq: number;
-  /** set when the turn ended: the log is dropped at this time (ms) and the next publish starts a new one */
+  /** set when the newest turn ended: its events may be replayed until then (ms) */
   expiresAt: number | null;
+  /** the newest turn ended; the next publish starts a new one */
+  ended: boolean;
 }
 
 /** The single-instance bus: everything in process memory. */
@@ -26,7 +30,7 @@ export class MemoryBus implements Bus {
   private channel(key: string): Channel {
     let ch = this.channels.get(key);
     if (!ch) {
-      ch = { listeners: new Set(), log: [], floor: -1, lastSeq: -1, expiresAt: null };
+      ch = { listeners: new Set(), log: [], turnStart: 0, floor: -1, lastSeq: -1, expiresAt: null, ended: false };
       this.channels.set(key, ch);
     }
     return ch;
@@ -34,14 +38,26 @@ export class MemoryBus implements Bus {
 
   publish(event: ChatEvent): void {
     const ch = this.channel(event.key);
-    if (ch.expiresAt !== null || ch.lastSeq < 0) {
-      ch.log = [];
-      ch.floor = ch.lastSeq < 0 ? event.seq - 1 : ch.lastSeq;
+    if (ch.lastSeq < 0) {
+      ch.floor = event.seq - 1;
+    } else if (ch.ended) {
+      // a new turn: keep the one that just ended while it may still be replayed (PROTOCOL.md §3.4)
+      const keep = this.expired(ch) ? [] : ch.log.slice(ch.turnStart);
+      ch.floor = keep.length ? keep[0]!.seq - 1 : ch.lastSeq;
+      ch.log = keep;
+      ch.turnStart = keep.length;
+      ch.ended = false;
       ch.expiresAt = null;
     }
     ch.log.push(event);
     ch.lastSeq = event.seq;
-    for (const listener of ch.listeners) listener(event);
+    for (const listener of ch.listeners) {
+      try {
+        listener(event);
+      } catch {
+        // one broken watcher must not stop the others or the turn
+      }
+    }
   }
 
   subscribe(key: string, listener: (event: ChatEvent) => void): Unsubscribe {
@@ -62,7 +78,9 @@ export class MemoryBus implements Bus {
 
   endTurn(key: string, ttlSeconds: number): void {
     const ch = this.channels.get(key);
-    if (ch) ch.expiresAt = this.now() + ttlSeconds * 1000;
+    if (!ch) return;
+    ch.ended = true;
+    ch.expiresAt = this.now() + ttlSeconds * 1000;
   }
 
   sendControl(message: ControlMessage): void {
@@ -84,7 +102,11 @@ export class MemoryBus implements Bus {
     for (const [key, ch] of this.channels) {
       if (!this.expired(ch)) continue;
       if (ch.listeners.size === 0) this.channels.delete(key);
-      else ch.log = [];
+      else {
+        ch.floor = ch.lastSeq;
+        ch.log = [];
+        ch.turnStart = 0;
+      }
     }
   }
 

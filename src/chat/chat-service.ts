@@ -335,7 +335,7 @@ export class ChatService implements TurnControl {
       const rows = await repos.messages.insertMany([...toolRows, {
         ...this.rowBase(principal, target, turn.turnId), is_bot: 1, type: 'bot', category: 'answer', message: answer,
         parent_message_id: state.questionId, remark, sensitive_status: moderation ? 2 : 1,
-        extra: JSON.stringify({ ...(usage ? { usage } : {}), ...(moderation ? { moderation } : {}) }), tokens: usage?.total_tokens ?? 0, latency_ms: Date.now() - started,
+        extra: JSON.stringify({ ...(usage ? { usage } : {}), ...(moderation ? { moderation } : {}), ...(remark === BREAK_ANSWER ? { interrupted: true } : {}) }), tokens: usage?.total_tokens ?? 0, latency_ms: Date.now() - started,
       }]);
       if (moderation === 'output') await repos.conversations.update(target.chatId, { sensitive_status: 2 });
       return rows[rows.length - 1]!.id;

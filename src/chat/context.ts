@@ -55,7 +55,7 @@ export function buildContext(rows: MessageRow[], limit: number): LlmMessage[] {
     }
     flushTools();
     if (r.category === 'question') out.push({ role: 'user', content: questionText(r.message) });
-    else if (r.category === 'answer' && r.remark !== BREAK_ANSWER) out.push({ role: 'assistant', content: r.message });
+    else if (r.category === 'answer' && !isInterrupted(r)) out.push({ role: 'assistant', content: r.message });
   }
   // tool rows of an interrupted turn have no answer after them; keep pairs whole
   flushTools();
@@ -67,6 +67,11 @@ function trimToWhole(messages: LlmMessage[]): LlmMessage[] {
   let i = 0;
   while (i < messages.length && messages[i]!.role === 'tool') i++;
   return messages.slice(i);
+}
+
+/** An interrupted answer: marked in `remark` (Bisheng) and in `extra`, which a user comment cannot overwrite. */
+function isInterrupted(r: MessageRow): boolean {
+  return r.remark === BREAK_ANSWER || parseJson<{ interrupted?: boolean }>(r.extra).interrupted === true;
 }
 
 function parseJson<T>(text: string): Partial<T> {

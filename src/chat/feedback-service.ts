@@ -47,7 +47,7 @@ export class FeedbackService {
     await this.repos.messages.markCopied(messageId);
   }
 
-  /** Stored in `remark` as Bisheng does; on an interrupted answer the comment replaces its 'break_answer' marker. */
+  /** Stored in `remark` as Bisheng does; an interrupted answer stays marked in `extra.interrupted`, so it stays out of the context. */
   async comment(p: Principal, messageId: number, comment: string): Promise<void> {
     await this.ownMessage(p, messageId);
     await this.repos.messages.update(messageId, { remark: comment });

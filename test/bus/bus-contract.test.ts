@@ -1,0 +1,83 @@
+import { describe, expect, it } from 'vitest';
+import type { Bus } from '../../src/bus/bus.ts';
+import { MemoryBus } from '../../src/bus/memory-bus.ts';
+import type { ChatEvent } from '../../src/domain/events.ts';
+
+/** The contract every Bus implementation passes (memory now; Redis runs the same suite). */
+export function busContract(name: string, make: (clock: { now: number }) => Bus): void {
+  describe(`${name} bus contract`, () => {
+    const ev = (key: string, seq: number, turnId = 't1'): ChatEvent => ({ seq, key, chatId: key, turnId, flowId: 'f', userId: 1, body: { kind: 'delta', content: String(seq), reasoning: '' } });
+
+    it('delivers events to every subscriber of the key, in order, and not to others', async () => {
+      const bus = make({ now: 0 });
+      const a: number[] = [];
+      const b: number[] = [];
+      const other: number[] = [];
+      bus.subscribe('k', (e) => a.push(e.seq));
+      const unsubscribe = bus.subscribe('k', (e) => b.push(e.seq));
+      bus.subscribe('x', (e) => other.push(e.seq));
+      bus.publish(ev('k', 1));
+      bus.publish(ev('k', 2));
+      unsubscribe();
+      bus.publish(ev('k', 3));
+      expect(a).toEqual([1, 2, 3]);
+      expect(b).toEqual([1, 2]);
+      expect(other).toEqual([]);
+      await bus.close();
+    });
+
+    it('a throwing subscriber does not stop the others', async () => {
+      const bus = make({ now: 0 });
+      const got: number[] = [];
+      bus.subscribe('k', () => { throw new Error('boom'); });
+      bus.subscribe('k', (e) => got.push(e.seq));
+      bus.publish(ev('k', 1));
+      expect(got).toEqual([1]);
+      await bus.close();
+    });
+
+    it('replays the in-flight turn after any seq it covers, and says when it does not', async () => {
+      const bus = make({ now: 0 });
+      expect(await bus.replay('k', 0)).toBeNull();
+      for (const s of [11, 12, 13]) bus.publish(ev('k', s));
+      expect((await bus.replay('k', 10))!.map((e) => e.seq)).toEqual([11, 12, 13]);
+      expect((await bus.replay('k', 12))!.map((e) => e.seq)).toEqual([13]);
+      expect(await bus.replay('k', 13)).toEqual([]);
+      expect(await bus.replay('k', 5)).toBeNull();
+      await bus.close();
+    });
+
+    it('keeps the last finished turn for the replay ttl, also while the next turn runs', async () => {
+      const clock = { now: 1000 };
+      const bus = make(clock);
+      for (const s of [1, 2, 3]) bus.publish(ev('k', s));
+      bus.endTurn('k', 10);
+      for (const s of [7, 8]) bus.publish(ev('k', s, 't2'));
+      expect((await bus.replay('k', 1))!.map((e) => e.seq)).toEqual([2, 3, 7, 8]);
+      bus.endTurn('k', 10);
+      bus.publish(ev('k', 9, 't3'));
+      // turn 1 is two turns back now: gone
+      expect(await bus.replay('k', 1)).toBeNull();
+      expect((await bus.replay('k', 7))!.map((e) => e.seq)).toEqual([8, 9]);
+      bus.endTurn('k', 10);
+      clock.now += 11_000;
+      expect(await bus.replay('k', 8)).toBeNull();
+      expect(await bus.replay('k', 9)).toEqual([]);
+      await bus.close();
+    });
+
+    it('carries stop requests to every control listener', async () => {
+      const bus = make({ now: 0 });
+      const got: string[] = [];
+      const off = bus.onControl((m) => got.push(`${m.type}:${m.key}`));
+      bus.sendControl({ type: 'stop', key: 'k' });
+      off();
+      bus.sendControl({ type: 'stop', key: 'j' });
+      await new Promise((r) => setTimeout(r, 20));
+      expect(got).toEqual(['stop:k']);
+      await bus.close();
+    });
+  });
+}
+
+busContract('memory', (clock) => new MemoryBus(() => clock.now));

@@ -70,8 +70,8 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
   const bus = opts.bus ?? new MemoryBus();
   const providers = createProviders(config);
   for (const p of opts.providers ?? []) providers.register(p);
-  const chat = new ChatService({ config, repos, bus, apps, providers, tools: createTools(config) });
-  const gateway = new WsGateway({ config, auth, chat, bus });
+  const chat = new ChatService({ config, repos, bus, apps, providers, tools: createTools(config), log: logger });
+  const gateway = new WsGateway({ config, auth, chat, bus, log: logger });
 
   const conversations = new ConversationService(repos);
   const services: Services = {

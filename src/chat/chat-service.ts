@@ -82,7 +82,7 @@ export class ChatService implements TurnControl {
   private readonly unsubscribeControl: () => void;
   private closing = false;
 
-  constructor(private readonly deps: { config: Config; repos: Repos; bus: Bus; apps: AppService; providers: ProviderLookup; tools: ToolLookup }) {
+  constructor(private readonly deps: { config: Config; repos: Repos; bus: Bus; apps: AppService; providers: ProviderLookup; tools: ToolLookup ; log?: { error(obj: object, msg: string): void } }) {
     this.limiter = new RateLimiterMemory({ points: deps.config.chat.messages_per_minute, duration: 60 });
     this.moderation = new Moderation(deps.config.moderation);
     this.runtime = new AssistantRuntime();
@@ -370,7 +370,7 @@ export class ChatService implements TurnControl {
         emit({ kind: 'answer_end', messageId, text: '', usage: null, stopped: true });
       } else {
         const e = toAppError(err);
-        if (e.code === 'internal' && !(err instanceof AppError)) console.error(err);
+        if (e.code === 'internal' && !(err instanceof AppError)) this.deps.log?.error({ err, chat_id: target.chatId, turn_id: turn.turnId }, 'turn failed');
         if (text) {
           const partial = review(text);
           await saveAnswer(partial.answer, null, BREAK_ANSWER, partial.moderation).catch(() => null);

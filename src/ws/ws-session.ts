@@ -1,23 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import type { WebSocket } from 'ws';
-import type { Bus, Unsubscribe } from '../bus/bus.ts';
+import type { Bus } from '../bus/bus.ts';
 import { errorFrame, encodeFrame, outsideFrame } from '../chat/bisheng-frames.ts';
 import type { ChatService, ChatTarget } from '../chat/chat-service.ts';
+import { EventWatch } from '../chat/watch.ts';
 import type { Config } from '../config/config.ts';
 import { AppError, toAppError } from '../domain/errors.ts';
-import type { ChatEvent } from '../domain/events.ts';
 import type { AppKind, Principal } from '../domain/types.ts';
 import { parseClientFrame, type ClientFrame } from './client-frames.ts';
-
-interface Watch {
-  unsubscribe: Unsubscribe;
-  /** a turn of this conversation began and has not closed yet (also when it runs on another instance) */
-  inFlight: boolean;
-  /** the highest seq sent on this socket: nothing at or below it is sent again */
-  lastSent: number;
-  /** while a resume replays, live events wait here */
-  buffer: ChatEvent[] | null;
-}
 
 /** One WebSocket: its caller, the conversations it watches, and the frames it receives. */
 export class WsSession {
@@ -27,7 +17,7 @@ export class WsSession {
   lastAlive = Date.now();
   /** the client sent a frame or a watched turn sent one (activity; the idle clock) */
   lastActive = Date.now();
-  private readonly watches = new Map<string, Watch>();
+  private readonly watches = new Map<string, EventWatch>();
   /** keys of turns this socket started (stopped on disconnect in debug mode) */
   private readonly started = new Set<string>();
   private queue: Promise<void> = Promise.resolve();
@@ -159,50 +149,32 @@ export class WsSession {
   }
 
   /** Starts sending the live events of `key` to this socket (idempotent). */
-  watch(key: string): Watch {
+  watch(key: string): EventWatch {
     let w = this.watches.get(key);
-    if (w) return w;
-    const watch: Watch = { lastSent: -1, inFlight: false, buffer: null, unsubscribe: () => undefined };
-    watch.unsubscribe = this.deps.bus.subscribe(key, (e) => {
+    if (!w) {
       // a chat_id watched before its conversation existed may then be created by another user:
       // only the caller's own turns reach this socket
-      if (e.userId !== this.principal.id) return;
-      watch.inFlight = e.body.kind !== 'close';
-      this.lastActive = Date.now();
-      if (watch.buffer) watch.buffer.push(e);
-      else if (e.seq > watch.lastSent) {
-        watch.lastSent = e.seq;
+      w = new EventWatch(this.deps.bus, key, (e) => {
+        this.lastActive = Date.now();
         this.send(encodeFrame(e));
-      }
-    });
-    this.watches.set(key, watch);
-    w = watch;
+      }, { userId: this.principal.id });
+      this.watches.set(key, w);
+    }
     return w;
   }
 
-  /** Replays every event after `afterSeq`, then continues live — no gap, no duplicate. */
+  /**
+   * Replays every event after `afterSeq`, then continues live — no gap, no duplicate. An explicit
+   * resume is announced and re-sends from afterSeq; a repeated question only sends what was not seen.
+   */
   async resume(key: string, afterSeq: number, announce: boolean): Promise<void> {
-    const w = this.watch(key);
-    w.buffer = [];
-    try {
-      const events = await this.deps.bus.replay(key, afterSeq);
-      if (announce) {
+    await this.watch(key).resume(afterSeq, {
+      mode: announce ? 'exact' : 'unseen',
+      before: announce ? (events) => {
         const message = events ? { resumed: true, from_seq: afterSeq } : { resumed: false, reason: 'the replay log no longer covers last_seq; reload the history' };
         this.send(outsideFrame('system', 'info', message, { chatId: key.startsWith('debug:') ? '' : key, flowId: this.target.app.id }));
-      }
-      // an explicit resume re-sends from afterSeq; a repeated question only sends what was not seen
-      w.lastSent = announce ? afterSeq : Math.max(w.lastSent, afterSeq);
-      for (const e of [...(events ?? []), ...w.buffer]) {
-        if (e.userId !== this.principal.id) continue;
-        w.inFlight = e.body.kind !== 'close';
-        if (e.seq > w.lastSent) {
-          w.lastSent = e.seq;
-          this.send(encodeFrame(e));
-        }
-      }
-    } finally {
-      w.buffer = null;
-    }
+      } : undefined,
+    });
   }
 
   close(code: number, reason: string): void {
@@ -214,7 +186,7 @@ export class WsSession {
   /** The socket is gone: stop watching; stop turns that must not outlive it. */
   dispose(): void {
     this.closed = true;
-    for (const w of this.watches.values()) w.unsubscribe();
+    for (const w of this.watches.values()) w.close();
     this.watches.clear();
     for (const key of this.started) {
       const debug = key.startsWith('debug:');

@@ -156,7 +156,8 @@ describe('native SSE: POST /api/v1/chat/{app_id}/completions', () => {
     expect(done.status).toBe(204);
 
     await (await post({ inputs: { input: 'two' }, chat_id: chatId })).finish();
-    // seq 1 belongs to the first turn, whose log the second turn replaced
+    await (await post({ inputs: { input: 'three' }, chat_id: chatId })).finish();
+    // seq 1 belongs to the first turn: the log keeps only the last finished turn and the current one
     const gone = await (await post({ chat_id: chatId }, { headers: { 'last-event-id': '1' } })).finish();
     expect(gone.response.status).toBe(200);
     expect(frames(gone)).toEqual([expect.objectContaining({ category: 'system', type: 'info', message: expect.objectContaining({ resumed: false }) })]);

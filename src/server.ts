@@ -8,6 +8,8 @@ import { FeedbackService } from './chat/feedback-service.ts';
 import { ChatService } from './chat/chat-service.ts';
 import { MemoryBus } from './bus/memory-bus.ts';
 import { createProviders } from './providers/provider-registry.ts';
+import { CodeSandbox } from './runtimes/workflow/code-sandbox.ts';
+import { WorkflowExecutor } from './runtimes/workflow/executor.ts';
 import { createTools } from './tools/tool-registry.ts';
 import { WsGateway } from './ws/ws-gateway.ts';
 import type { Bus } from './bus/bus.ts';
@@ -70,12 +72,15 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
   const bus = opts.bus ?? new MemoryBus();
   const providers = createProviders(config);
   for (const p of opts.providers ?? []) providers.register(p);
-  const chat = new ChatService({ config, repos, bus, apps, providers, tools: createTools(config), log: logger });
+  const tools = createTools(config);
+  // workflow code nodes run in this process's sandbox (worker threads), closed with the server
+  const sandbox = new CodeSandbox();
+  const chat = new ChatService({ config, repos, bus, apps, providers, tools, executor: new WorkflowExecutor({ sandbox }), log: logger });
   const gateway = new WsGateway({ config, auth, chat, bus, log: logger });
 
   const conversations = new ConversationService(repos);
   const services: Services = {
-    config, db, repos, auth, apps, chat, bus, gateway, conversations,
+    config, db, repos, auth, apps, chat, bus, gateway, conversations, tools,
     feedback: new FeedbackService(repos, conversations),
     turns: chat,
     metrics: new Metrics(),
@@ -92,6 +97,7 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
       if (closed) return;
       closed = true;
       await app.close();
+      await sandbox.close();
       await bus.close();
       await db.close();
     },

@@ -11,9 +11,10 @@ export const parseSpec = (json: string): AppSpec => JSON.parse(json) as AppSpec;
 /** The app's own columns plus the spec fields, as a client sends them (all optional on update). */
 export type AppFields = Partial<AppSpec> & { name?: string; kind?: AppKind; description?: string; icon?: string };
 
-/** What a publish checks against: the configured providers and the workflow step budget. */
+/** What a publish checks against: the configured providers and tools, and the workflow step budget. */
 export interface BuildRules {
   providers: readonly string[];
+  tools?: readonly string[] | undefined;
   maxSteps: number;
 }
 

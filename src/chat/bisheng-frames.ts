@@ -58,9 +58,13 @@ function shape(body: ChatEventBody): BishengFrame {
     }
     case 'error': {
       const entry = ERROR_TABLE[body.code];
-      return blank('error', 'end', { status_code: entry.status, status_message: body.message, data: null });
+      return blank('error', 'end', { status_code: entry.status, status_message: body.message, data: body.data ?? null });
     }
-    case 'close': return blank('processing', 'close', '');
+    case 'close': {
+      const f = blank('processing', 'close', '');
+      if (body.extra) f.extra = JSON.stringify(body.extra);
+      return f;
+    }
     case 'frame': {
       const f = blank(body.category, body.type, body.message);
       f.message_id = body.messageId ?? null;

@@ -5,16 +5,20 @@ import { authorizeAppChat } from '../auth/policy.ts';
 import type { Bus } from '../bus/bus.ts';
 import type { Config } from '../config/config.ts';
 import { AppError, toAppError } from '../domain/errors.ts';
-import type { ChatEvent, ChatEventBody } from '../domain/events.ts';
+import type { ChatEventBody } from '../domain/events.ts';
 import type { LlmMessage, LlmProvider, LlmUsage, Tool } from '../domain/llm.ts';
 import { FLOW_TYPE, isHexId, type AppKind, type AppSpec, type Principal } from '../domain/types.ts';
 import { AssistantRuntime } from '../runtimes/assistant-runtime.ts';
 import type { Runtime } from '../runtimes/runtime.ts';
+import type { WorkflowExecutor } from '../runtimes/workflow/executor.ts';
+import { answerText, checkAnswer } from '../runtimes/workflow/input-requests.ts';
+import { isRecord, type JsonValue } from '../runtimes/workflow/workflow-graph.ts';
 import type { Repos } from '../storage/repos.ts';
 import type { AppRow, ConversationRow, MessageRow, NewMessage } from '../storage/tables.ts';
 import { BREAK_ANSWER, buildContext, CLEAR_MARKER, questionText } from './context.ts';
 import { Moderation } from './moderation.ts';
 import type { TurnControl } from './turn-control.ts';
+import { answerFromText, isDebugKey, WorkflowTurns, type KeptRun, type Segment } from './workflow-turns.ts';
 
 export interface ProviderLookup {
   get(name: string): LlmProvider;
@@ -22,6 +26,7 @@ export interface ProviderLookup {
 
 export interface ToolLookup {
   resolve(names: string[]): { tools: Tool[]; unknown: string[] };
+  get(name: string): Tool | undefined;
 }
 
 /** A conversation the caller may chat in, resolved at connect or per frame. */
@@ -30,6 +35,8 @@ export interface ChatTarget {
   spec: AppSpec;
   /** null: debug mode on the draft — nothing is stored */
   chatId: string | null;
+  /** the published version the spec is from; null: the draft (debug mode) */
+  version: number | null;
 }
 
 export interface AskInput {
@@ -45,6 +52,37 @@ export interface AskInput {
   /** the context given by the caller (a stateless OpenAI-style request); otherwise read from the conversation */
   history?: LlmMessage[];
 }
+
+/** init_data (PROTOCOL.md §3.1): a new workflow run. */
+export interface WorkflowStartInput {
+  principal: Principal;
+  target: ChatTarget;
+  debugKey?: string | undefined;
+  /** a graph sent by the client: used only in debug mode on the draft (an editor's own test), else ignored */
+  graph?: unknown;
+  /** values of the start node's declared variables */
+  inputs?: Record<string, JsonValue>;
+  /** the question that started the run (a question frame to a workflow app), stored as a question row */
+  question?: { text: string; inputs: Record<string, unknown> };
+}
+
+/** `input` (PROTOCOL.md §3.1): the answer to the request a run waits for. */
+export interface WorkflowAnswerInput {
+  principal: Principal;
+  target: ChatTarget;
+  debugKey?: string | undefined;
+  nodeId: string;
+  data: Record<string, unknown>;
+  /** the text the client shows for the answer (the question row's text) */
+  message?: string | undefined;
+  /** the request's message id, as the client knows it (stored with the answer row) */
+  messageId?: number | string | undefined;
+}
+
+/** check_status: a segment re-sending the pending request, or how the run stands when nothing is to be sent. */
+export type WorkflowStatus =
+  | { started: TurnStarted }
+  | { started: null; run_id: string | null; run_status: string | null; node_id: string | null };
 
 export interface TurnStarted {
   key: string;
@@ -63,12 +101,32 @@ interface RunningTurn {
   done: Promise<void>;
 }
 
+/** Whose events a turn's are (and whose message rows). */
+interface TurnIds {
+  chatId: string | null;
+  flowId: string;
+  userId: number;
+}
+
+type TurnEmit = (body: ChatEventBody) => void;
+/** What a chat answer starts from: its stored question, the context, and the input review's reply if it blocked the question. */
+type ChatState = { questionId: number | null; history: LlmMessage[]; blocked: string | null };
+/** What a turn does between processing/begin and processing/close; what it returns goes into the close frame's `extra`. */
+type TurnWork = (emit: TurnEmit) => Promise<Record<string, unknown> | void>;
+
 const SEQ_RESERVE = 10_000;
 const TITLE_LENGTH = 60;
 
 /**
  * The chat core: starts turns, runs them on a runtime, persists what must last, and publishes
  * every event on the bus. Transports only call this and watch the bus.
+ *
+ * Every turn has one life cycle (`take` the conversation → prepare and store what comes first →
+ * `launch` → processing/begin … processing/close → release): a chat or assistant answer runs on the
+ * AssistantRuntime; a workflow *segment* (init_data, an answer, check_status re-sending a request,
+ * stop of a waiting run) runs on the workflow executor (workflow-turns.ts). A workflow segment ends
+ * with processing/close also when the run then waits for input (`extra.run_status: "input"`): the
+ * conversation is free again, the client unlocks its input, and the answer starts the next segment.
  */
 export class ChatService implements TurnControl {
   private readonly running = new Map<string, RunningTurn>();
@@ -79,13 +137,20 @@ export class ChatService implements TurnControl {
   private readonly limiter: RateLimiterMemory;
   private readonly moderation: Moderation;
   private readonly runtime: Runtime;
+  private readonly workflows: WorkflowTurns;
   private readonly unsubscribeControl: () => void;
   private closing = false;
 
-  constructor(private readonly deps: { config: Config; repos: Repos; bus: Bus; apps: AppService; providers: ProviderLookup; tools: ToolLookup ; log?: { error(obj: object, msg: string): void } }) {
+  constructor(private readonly deps: {
+    config: Config; repos: Repos; bus: Bus; apps: AppService; providers: ProviderLookup; tools: ToolLookup;
+    /** runs workflow apps (its code sandbox is the composition root's) */
+    executor: WorkflowExecutor;
+    log?: { error(obj: object, msg: string): void };
+  }) {
     this.limiter = new RateLimiterMemory({ points: deps.config.chat.messages_per_minute, duration: 60 });
     this.moderation = new Moderation(deps.config.moderation);
     this.runtime = new AssistantRuntime();
+    this.workflows = new WorkflowTurns({ config: deps.config, repos: deps.repos, executor: deps.executor, providers: deps.providers, tools: deps.tools, log: deps.log });
     this.unsubscribeControl = deps.bus.onControl((m) => {
       if (m.type === 'stop') this.running.get(m.key)?.controller.abort();
     });
@@ -113,7 +178,7 @@ export class ChatService implements TurnControl {
       const e = toAppError(err);
       throw e.code === 'app_offline' || e.code === 'not_found' ? e : new AppError('app_unbuildable', 'draft does not build');
     }
-    return { app, spec, chatId: opts.chatId };
+    return { app, spec, chatId: opts.chatId, version: draft ? null : (opts.versionId ?? app.published_version) };
   }
 
   isRunning(key: string): boolean {
@@ -126,9 +191,13 @@ export class ChatService implements TurnControl {
    */
   forgetDebugKey(key: string): void {
     if (!key.startsWith('debug:')) return;
+    const forget = () => {
+      this.debugSeq.delete(key);
+      this.workflows.forget(key);
+    };
     const turn = this.running.get(key);
-    if (turn) void turn.done.then(() => this.debugSeq.delete(key));
-    else this.debugSeq.delete(key);
+    if (turn) void turn.done.then(forget);
+    else forget();
   }
 
   /** Starts a turn. Throws 10413 (too long), 10429 (rate), 10409 (one is running), 10400. */
@@ -145,13 +214,14 @@ export class ChatService implements TurnControl {
       const seen = this.clientIds.get(idKey);
       if (seen && seen.expires > Date.now()) return { ...seen.turn, duplicate: true };
     }
-    if (this.running.has(key)) throw new AppError('conflict');
+    if (target.app.kind === 'workflow') {
+      const started = await this.askWorkflow(input, key);
+      if (idKey) this.rememberClientId(idKey, started);
+      return started;
+    }
     // the conversation is taken before the first await, so a concurrent question gets 10409 before
     // anything of it is stored (a stop in the meantime aborts the turn before it runs)
-    const turnId = randomUUID().replaceAll('-', '');
-    const controller = new AbortController();
-    const turn: RunningTurn = { key, turnId, userId: principal.id, controller, done: Promise.resolve() };
-    this.running.set(key, turn);
+    const turn = this.take(key, principal.id);
 
     let conv: ConversationRow | null = null;
     let questionId: number | null = null;
@@ -166,7 +236,7 @@ export class ChatService implements TurnControl {
         // the context is read before the question is stored, so it holds only earlier messages
         if (!input.history) history = window > 0 ? buildContext(await this.deps.repos.messages.latest(target.chatId, window * 2 + 10), window) : [];
         const q = await this.deps.repos.messages.insert({
-          ...this.rowBase(principal, target, turnId), is_bot: 0, type: 'human', category: 'question',
+          ...this.rowBase(this.idsOf(principal, target), turn.turnId), is_bot: 0, type: 'human', category: 'question',
           message: JSON.stringify(input.inputs), sensitive_status: blocked ? 2 : 1,
         });
         questionId = q.id;
@@ -177,22 +247,17 @@ export class ChatService implements TurnControl {
       this.running.delete(key);
       throw err;
     }
-    const started: TurnStarted = { key, turnId, fromSeq, duplicate: false };
+    const started = this.launch(turn, this.idsOf(principal, target), fromSeq, this.chatWork(turn, input, { questionId, history, blocked }));
     if (idKey) this.rememberClientId(idKey, started);
-    // the first event is published on a later tick, so the caller can subscribe first
-    turn.done = new Promise<void>((r) => setImmediate(r)).then(() => this.runTurn(turn, input, { fromSeq, questionId, history, blocked }));
     return started;
   }
 
   /** Re-runs the last question of a conversation; the old answer stays as a sibling. */
   async regenerate(principal: Principal, target: ChatTarget): Promise<TurnStarted> {
     if (target.chatId === null) throw AppError.invalid([{ path: 'chat_id', message: 'required' }]);
+    if (target.app.kind === 'workflow') throw AppError.invalid([{ path: 'action', message: 'a workflow app has no answer to regenerate; start a new run with init_data' }]);
     const key = target.chatId;
-    if (this.running.has(key)) throw new AppError('conflict');
-    const turnId = randomUUID().replaceAll('-', '');
-    const controller = new AbortController();
-    const turn: RunningTurn = { key, turnId, userId: principal.id, controller, done: Promise.resolve() };
-    this.running.set(key, turn);
+    const turn = this.take(key, principal.id);
     let question: MessageRow;
     let history: LlmMessage[];
     let fromSeq: number;
@@ -213,9 +278,8 @@ export class ChatService implements TurnControl {
     }
     const text = questionText(question.message);
     const inputs = { input: text };
-    turn.done = new Promise<void>((r) => setImmediate(r)).then(() =>
-      this.runTurn(turn, { principal, target, text, inputs }, { fromSeq, questionId: question.id, history, blocked: this.moderation.checkInput(text) }));
-    return { key, turnId, fromSeq, duplicate: false };
+    return this.launch(turn, this.idsOf(principal, target), fromSeq,
+      this.chatWork(turn, { principal, target, text, inputs }, { questionId: question.id, history, blocked: this.moderation.checkInput(text) }));
   }
 
   /** Marks a fresh context: the next turn sees no earlier message. */
@@ -223,11 +287,14 @@ export class ChatService implements TurnControl {
     if (target.chatId === null) return;
     if (!(await this.ownConversation(principal, target))) return;
     await this.deps.repos.messages.insert({
-      ...this.rowBase(principal, target, null), is_bot: 1, type: 'info', category: CLEAR_MARKER, message: '',
+      ...this.rowBase(this.idsOf(principal, target), null), is_bot: 1, type: 'info', category: CLEAR_MARKER, message: '',
     });
   }
 
-  /** Stops the running turn of `key` on whichever instance runs it. */
+  /**
+   * Stops the running turn of `key` on whichever instance runs it. A workflow run that waits for
+   * input is stopped too: a short segment stores it as stopped and ends with processing/close.
+   */
   async stop(key: string): Promise<boolean> {
     const local = this.running.get(key);
     if (local) {
@@ -235,8 +302,198 @@ export class ChatService implements TurnControl {
       await local.done;
       return true;
     }
+    if (await this.stopWaitingRun(key)) return true;
     this.deps.bus.sendControl({ type: 'stop', key });
     return false;
+  }
+
+  // ---- workflow segments ----
+
+  /**
+   * init_data: starts a new run of a workflow app. A run that still waits for input must be answered
+   * or stopped first (10409), as Bisheng's client does on "restart" (stop, then init_data).
+   */
+  async startWorkflow(input: WorkflowStartInput): Promise<TurnStarted> {
+    const { principal, target } = input;
+    this.requireWorkflow(target);
+    const key = this.keyOf(target, input.debugKey);
+    const turn = this.take(key, principal.id);
+    let fromSeq: number;
+    try {
+      await this.consumeRate(principal.id);
+      const current = await this.workflows.load(key);
+      if (current?.status === 'input' && current.userId === principal.id && !this.workflows.expired(current.state)) {
+        throw new AppError('conflict', 'A workflow run waits for input in this conversation: answer it, or stop it first');
+      }
+      let conv: ConversationRow | null = null;
+      if (target.chatId !== null) {
+        conv = await this.ensureConversation(principal, target, input.question?.text ?? target.app.name);
+        if (input.question) {
+          await this.deps.repos.messages.insert({
+            ...this.rowBase(this.idsOf(principal, target), turn.turnId), is_bot: 0, type: 'human', category: 'question', message: JSON.stringify(input.question.inputs),
+          });
+        }
+      }
+      fromSeq = await this.seqFloor(key, conv);
+    } catch (err) {
+      this.running.delete(key);
+      throw err;
+    }
+    // a client's graph only where the caller edits the draft anyway (debug mode needs an editor)
+    const graph = input.graph !== undefined && target.version === null ? input.graph : target.spec.graph;
+    return this.launch(turn, this.idsOf(principal, target), fromSeq,
+      (emit) => this.workflows.start(this.segment(turn, principal, target, emit), target.spec, graph, input.inputs ?? {}));
+  }
+
+  /**
+   * `input`: answers the request the run waits for and runs on. The answer is checked before
+   * anything is stored (10400 lists every problem; the run keeps waiting); it is stored as a
+   * `question` row (is_bot 0). After workflow.input_timeout the run fails with 10527 instead.
+   */
+  async answerWorkflow(input: WorkflowAnswerInput): Promise<TurnStarted> {
+    const { principal, target } = input;
+    this.requireWorkflow(target);
+    const key = this.keyOf(target, input.debugKey);
+    const turn = this.take(key, principal.id);
+    const ids = this.idsOf(principal, target);
+    let run: KeptRun | null = null;
+    let claimed = false;
+    let fromSeq: number;
+    try {
+      await this.consumeRate(principal.id);
+      const loaded = await this.workflows.load(key);
+      const mine = loaded !== null && loaded.userId === principal.id && loaded.appId === target.app.id;
+      if (mine && loaded.status === 'running') throw new AppError('conflict', 'The workflow run is being continued elsewhere');
+      const pending = mine && loaded.status === 'input' ? loaded.state.pending : null;
+      if (!loaded || !pending) {
+        throw AppError.invalid([{ path: 'data', message: `no workflow run waits for input here${loaded ? ` (the run is ${loaded.status})` : ''}` }], 'No workflow run waits for input');
+      }
+      run = loaded;
+      if (input.nodeId !== pending.node_id) {
+        throw AppError.invalid([{ path: `data/${input.nodeId}`, message: `the run waits for node "${pending.node_id}"` }], 'The workflow waits for another node');
+      }
+      const expired = this.workflows.expired(loaded.state);
+      const values = expired ? null : checkAnswer(pending.schema, input.data);
+      // one continuation per request, whichever instance gets the answer first
+      if (!(await this.workflows.claim(loaded))) throw new AppError('conflict', 'The workflow run is being continued elsewhere');
+      claimed = true;
+      const conv = target.chatId === null ? null : await this.ownConversation(principal, target);
+      if (target.chatId !== null && !conv) throw AppError.notFound('Conversation not found');
+      if (values && target.chatId !== null) {
+        await this.deps.repos.messages.insert({
+          ...this.rowBase(ids, turn.turnId), is_bot: 0, type: 'human', category: 'question', message: answerText(pending.schema, values, input.message),
+          extra: JSON.stringify({ node_id: pending.node_id, input_message_id: input.messageId ?? pending.message_id }),
+        });
+      }
+      fromSeq = await this.seqFloor(key, conv);
+    } catch (err) {
+      this.running.delete(key);
+      if (claimed && run) await this.workflows.unclaim(run, this.segmentIds(principal, target)).catch(() => undefined);
+      throw err;
+    }
+    const kept = run;
+    return this.launch(turn, ids, fromSeq, (emit) => this.workflows.answer(this.segment(turn, principal, target, emit), target.spec, kept,
+      { node_id: input.nodeId, data: input.data, message: input.message }));
+  }
+
+  /**
+   * check_status (after a reconnect or a restart; the run is read from the database): a run that
+   * waits for input gets a segment that sends its request again, with its message_id (an expired one
+   * fails with 10527). Otherwise nothing is sent in a turn; the caller gets how the run stands.
+   */
+  async checkWorkflow(principal: Principal, target: ChatTarget, debugKey?: string): Promise<WorkflowStatus> {
+    this.requireWorkflow(target);
+    const key = this.keyOf(target, debugKey);
+    const run = await this.workflows.load(key);
+    const mine = run !== null && run.userId === principal.id && run.appId === target.app.id;
+    const status = (s: string | null): WorkflowStatus => ({ started: null, run_id: mine ? run.state.run_id : null, run_status: s, node_id: mine ? (run.state.pending?.node_id ?? null) : null });
+    if (this.running.has(key)) return status('running');
+    if (!mine) return status(null);
+    if (run.status !== 'input' || !run.state.pending) return status(run.status);
+    let turn: RunningTurn;
+    try {
+      turn = this.take(key, principal.id);
+    } catch {
+      return status('running');
+    }
+    const expired = this.workflows.expired(run.state);
+    let fromSeq: number;
+    try {
+      if (expired && !(await this.workflows.claim(run))) {
+        this.running.delete(key);
+        return status('running');
+      }
+      const conv = target.chatId === null ? null : (await this.ownConversation(principal, target));
+      fromSeq = await this.seqFloor(key, conv);
+    } catch (err) {
+      this.running.delete(key);
+      throw err;
+    }
+    return { started: this.launch(turn, this.idsOf(principal, target), fromSeq, (emit) => this.workflows.resend(this.segment(turn, principal, target, emit), run, expired)) };
+  }
+
+  /** A question to a workflow app answers the request its run waits for, or starts a new run. */
+  private async askWorkflow(input: AskInput, key: string): Promise<TurnStarted> {
+    const { principal, target } = input;
+    const debugKey = target.chatId === null ? key : undefined;
+    const run = await this.workflows.load(key);
+    const pending = run?.status === 'input' && run.userId === principal.id && run.appId === target.app.id ? run.state.pending : null;
+    if (pending) {
+      // `inputs.data` carries structured answers (a form's fields); else the text answers
+      const data = isRecord(input.inputs.data) ? input.inputs.data : answerFromText(pending, input.text);
+      return this.answerWorkflow({ principal, target, debugKey, nodeId: pending.node_id, data });
+    }
+    // the start node's declared variables: `inputs.variables`, and `input` (the question's text)
+    const variables = isRecord(input.inputs.variables) ? (input.inputs.variables as Record<string, JsonValue>) : {};
+    return this.startWorkflow({ principal, target, debugKey, inputs: { ...variables, input: input.text }, question: { text: input.text, inputs: input.inputs } });
+  }
+
+  /** Stop of a run that waits for input (nothing runs it): a segment stores it as stopped. */
+  private async stopWaitingRun(key: string): Promise<boolean> {
+    const run = await this.workflows.load(key);
+    if (!run || run.status !== 'input' || this.running.has(key)) return false;
+    const ids: TurnIds = { chatId: isDebugKey(key) ? null : key, flowId: run.appId, userId: run.userId };
+    const turn = this.take(key, run.userId);
+    let fromSeq: number;
+    try {
+      if (!(await this.workflows.claim(run))) {
+        this.running.delete(key);
+        return false;
+      }
+      const conv = ids.chatId === null ? null : ((await this.deps.repos.conversations.get(ids.chatId)) ?? null);
+      fromSeq = await this.seqFloor(key, conv);
+    } catch (err) {
+      this.running.delete(key);
+      throw err;
+    }
+    this.launch(turn, ids, fromSeq, (emit) => this.workflows.stop(this.segmentFor(turn, ids, run.row?.version ?? null, emit), run));
+    await turn.done;
+    return true;
+  }
+
+  private requireWorkflow(target: ChatTarget): void {
+    if (this.closing) throw new AppError('busy', 'server shutting down');
+    if (target.app.kind !== 'workflow') throw AppError.invalid([{ path: 'action', message: `the app is a ${target.app.kind} app, not a workflow` }], 'Not a workflow app');
+  }
+
+  private keyOf(target: ChatTarget, debugKey: string | undefined): string {
+    return target.chatId ?? debugKey ?? `debug:${randomUUID()}`;
+  }
+
+  private segmentIds(p: Principal, target: ChatTarget): Pick<Segment, 'chatId' | 'appId' | 'userId' | 'version'> {
+    return { chatId: target.chatId, appId: target.app.id, userId: p.id, version: target.version };
+  }
+
+  private segment(turn: RunningTurn, p: Principal, target: ChatTarget, emit: TurnEmit): Segment {
+    return this.segmentFor(turn, this.idsOf(p, target), target.version, emit);
+  }
+
+  private segmentFor(turn: RunningTurn, ids: TurnIds, version: number | null, emit: TurnEmit): Segment {
+    return {
+      key: turn.key, turnId: turn.turnId, chatId: ids.chatId, appId: ids.flowId, userId: ids.userId, version,
+      signal: turn.controller.signal, emit,
+      row: (fields) => ({ ...this.rowBase(ids, turn.turnId), ...fields }) as NewMessage,
+    };
   }
 
   /** Stops accepting turns, stops the running ones (their partial answers are stored) and waits for them. */
@@ -267,11 +524,53 @@ export class ChatService implements TurnControl {
     }
   }
 
-  private rowBase(p: Principal, target: ChatTarget, turnId: string | null) {
+  private rowBase(ids: TurnIds, turnId: string | null) {
     return {
-      chat_id: target.chatId!, flow_id: target.app.id, user_id: p.id, intermediate_steps: '', files: '[]', extra: '{}',
+      chat_id: ids.chatId!, flow_id: ids.flowId, user_id: ids.userId, intermediate_steps: '', files: '[]', extra: '{}',
       source: 0, sender: '', receiver: null, remark: '', parent_message_id: null, turn_id: turnId,
     } satisfies Partial<NewMessage>;
+  }
+
+  private idsOf(p: Principal, target: ChatTarget): TurnIds {
+    return { chatId: target.chatId, flowId: target.app.id, userId: p.id };
+  }
+
+  /** Takes the conversation for a new turn: 10409 while one runs. Synchronous, so two frames can never both take it. */
+  private take(key: string, userId: number): RunningTurn {
+    if (this.running.has(key)) throw new AppError('conflict');
+    const turn: RunningTurn = { key, turnId: randomUUID().replaceAll('-', ''), userId, controller: new AbortController(), done: Promise.resolve() };
+    this.running.set(key, turn);
+    return turn;
+  }
+
+  /** Runs a prepared turn; its first event is published on a later tick, so the caller can subscribe first. */
+  private launch(turn: RunningTurn, ids: TurnIds, fromSeq: number, work: TurnWork): TurnStarted {
+    turn.done = new Promise<void>((r) => setImmediate(r)).then(() => this.drive(turn, ids, fromSeq, work));
+    return { key: turn.key, turnId: turn.turnId, fromSeq, duplicate: false };
+  }
+
+  /** The life cycle every turn shares: processing/begin, the work, an error frame if it threw, processing/close, release. */
+  private async drive(turn: RunningTurn, ids: TurnIds, fromSeq: number, work: TurnWork): Promise<void> {
+    const { bus, repos, config } = this.deps;
+    let seq = fromSeq;
+    const emit: TurnEmit = (body) => {
+      bus.publish({ seq: ++seq, key: turn.key, chatId: ids.chatId ?? '', turnId: turn.turnId, flowId: ids.flowId, userId: ids.userId, body });
+    };
+    let extra: Record<string, unknown> | void = undefined;
+    emit({ kind: 'begin' });
+    try {
+      extra = await work(emit);
+    } catch (err) {
+      const e = toAppError(err);
+      if (e.code === 'internal' && !(err instanceof AppError)) this.deps.log?.error({ err, chat_id: ids.chatId, turn_id: turn.turnId }, 'turn failed');
+      emit({ kind: 'error', code: e.code, message: e.message });
+    } finally {
+      emit(extra ? { kind: 'close', extra } : { kind: 'close' });
+      this.running.delete(turn.key);
+      bus.endTurn(turn.key, config.chat.replay_ttl);
+      if (ids.chatId !== null) await repos.conversations.settleSeq(ids.chatId, fromSeq + SEQ_RESERVE, seq).catch(() => undefined);
+      else this.debugSeq.set(turn.key, seq);
+    }
   }
 
   /** The conversation of `target`, or null while it does not exist; someone else's (or a deleted one) is refused. */
@@ -303,11 +602,16 @@ export class ChatService implements TurnControl {
     return floor;
   }
 
-  private async runTurn(turn: RunningTurn, input: AskInput, state: { fromSeq: number; questionId: number | null; history: ReturnType<typeof buildContext>; blocked: string | null }): Promise<void> {
+  /** A chat or assistant answer: the AssistantRuntime's events, then the answer stored once (a stop keeps the partial one). */
+  private chatWork(turn: RunningTurn, input: AskInput, state: ChatState): TurnWork {
+    return (publish) => this.runAnswer(turn, input, state, publish);
+  }
+
+  private async runAnswer(turn: RunningTurn, input: AskInput, state: ChatState, publish: TurnEmit): Promise<void> {
     const { target, principal } = input;
-    const { bus, repos, config } = this.deps;
+    const { repos } = this.deps;
+    const ids = this.idsOf(principal, target);
     const started = Date.now();
-    let seq = state.fromSeq;
     let text = '';
     let step = 0;
     const toolRows: NewMessage[] = [];
@@ -316,13 +620,12 @@ export class ChatService implements TurnControl {
       else if (body.kind === 'llm_start') step++;
       else if (body.kind === 'tool_end' && target.chatId !== null) {
         toolRows.push({
-          ...this.rowBase(principal, target, turn.turnId), is_bot: 1, type: 'end', category: 'tool', parent_message_id: state.questionId,
+          ...this.rowBase(ids, turn.turnId), is_bot: 1, type: 'end', category: 'tool', parent_message_id: state.questionId,
           message: JSON.stringify({ tool_key: body.toolKey, input: body.input, output: body.output }),
           intermediate_steps: `Tool output: \n\n${body.output}`, extra: JSON.stringify({ run_id: body.runId, step, failed: body.failed }),
         } as NewMessage);
       }
-      const event: ChatEvent = { seq: ++seq, key: turn.key, chatId: target.chatId ?? '', turnId: turn.turnId, flowId: target.app.id, userId: principal.id, body };
-      bus.publish(event);
+      publish(body);
     };
 
     /**
@@ -333,7 +636,7 @@ export class ChatService implements TurnControl {
     const saveAnswer = async (answer: string, usage: LlmUsage | null, remark: string, moderation: Blocked | null = null): Promise<number | null> => {
       if (target.chatId === null) return null;
       const rows = await repos.messages.insertMany([...toolRows, {
-        ...this.rowBase(principal, target, turn.turnId), is_bot: 1, type: 'bot', category: 'answer', message: answer,
+        ...this.rowBase(ids, turn.turnId), is_bot: 1, type: 'bot', category: 'answer', message: answer,
         parent_message_id: state.questionId, remark, sensitive_status: moderation ? 2 : 1,
         extra: JSON.stringify({ ...(usage ? { usage } : {}), ...(moderation ? { moderation } : {}), ...(remark === BREAK_ANSWER ? { interrupted: true } : {}) }), tokens: usage?.total_tokens ?? 0, latency_ms: Date.now() - started,
       }]);
@@ -346,7 +649,6 @@ export class ChatService implements TurnControl {
       return replaced === null ? { answer, moderation: null } : { answer: replaced, moderation: 'output' };
     };
 
-    emit({ kind: 'begin' });
     try {
       if (state.blocked) {
         emit({ kind: 'answer_start' });
@@ -377,12 +679,6 @@ export class ChatService implements TurnControl {
         }
         emit({ kind: 'error', code: e.code, message: e.message });
       }
-    } finally {
-      emit({ kind: 'close' });
-      this.running.delete(turn.key);
-      bus.endTurn(turn.key, config.chat.replay_ttl);
-      if (target.chatId !== null) await repos.conversations.settleSeq(target.chatId, state.fromSeq + SEQ_RESERVE, seq).catch(() => undefined);
-      else this.debugSeq.set(turn.key, seq);
     }
   }
 }

@@ -67,8 +67,8 @@ export const ConfigSchema = Type.Object({
   }, { default: {} }),
   workflow: Type.Object({
     max_steps: sec(50),
-    /** minutes */
-    input_timeout: sec(300),
+    /** minutes an input request may wait for its answer (fractions allowed, e.g. 0.5 = 30 s) */
+    input_timeout: Type.Number({ exclusiveMinimum: 0, default: 300 }),
   }, { default: {} }),
   llm: Type.Object({
     /** seconds */

@@ -20,10 +20,13 @@ export type ChatEventBody =
   | { kind: 'answer_start' }
   /** answer/end_cover with the full text, or answer/end (empty message) when the turn was stopped */
   | { kind: 'answer_end'; messageId: number | null; text: string; usage: LlmUsage | null; stopped: boolean }
-  /** an error inside the turn; always followed by `close` */
-  | { kind: 'error'; code: ErrorCode; message: string }
-  /** processing/close: always the last event of a turn */
-  | { kind: 'close' }
+  /** an error inside the turn; always followed by `close`. `data`: what the client may see of it (a workflow error names its node) */
+  | { kind: 'error'; code: ErrorCode; message: string; data?: unknown }
+  /**
+   * processing/close: always the last event of a turn. A workflow segment says how the run stands
+   * in `extra` ({run_id, run_status: input | success | failed | stopped, usage}).
+   */
+  | { kind: 'close'; extra?: Record<string, unknown> }
   /** any other Bisheng frame (workflow events): category/type/message as on the wire */
   | { kind: 'frame'; category: string; type: string; message: unknown; messageId?: number | string | null; files?: unknown[]; extra?: Record<string, unknown> };
 

@@ -25,5 +25,7 @@ export interface Services {
   /** conversation events, for transports that watch them (SSE) */
   bus: Bus;
   gateway: WsGateway;
+  /** the tools apps and workflow nodes may name */
+  tools: { names(): string[] };
   metrics: Metrics;
 }

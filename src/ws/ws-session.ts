@@ -131,6 +131,29 @@ export class WsSession {
         this.target = target;
         if (target.chatId) this.watch(target.chatId);
         return;
+      case 'init_data': {
+        this.watch(target.chatId ?? this.debugKey);
+        const turn = await this.deps.chat.startWorkflow({ principal: this.principal, target, debugKey: this.debugKey, graph: frame.graph });
+        this.started.add(turn.key);
+        return;
+      }
+      case 'input': {
+        this.watch(target.chatId ?? this.debugKey);
+        const turn = await this.deps.chat.answerWorkflow({
+          principal: this.principal, target, debugKey: this.debugKey, nodeId: frame.nodeId, data: frame.data, message: frame.message, messageId: frame.messageId,
+        });
+        this.started.add(turn.key);
+        return;
+      }
+      case 'check_status': {
+        const key = target.chatId ?? this.debugKey;
+        this.watch(key);
+        const status = await this.deps.chat.checkWorkflow(this.principal, target, this.debugKey);
+        if (status.started) this.started.add(status.started.key);
+        // nothing to send again: how the run stands, outside any turn (PROTOCOL.md §8.3)
+        else this.send(outsideFrame('system', 'info', { run_id: status.run_id, run_status: status.run_status, node_id: status.node_id }, { chatId: target.chatId ?? '', flowId: target.app.id }));
+        return;
+      }
     }
   }
 

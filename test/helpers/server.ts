@@ -62,6 +62,11 @@ export interface TestServer {
   handle: ServerHandle;
   config: Config;
   dataDir: string;
+  /**
+   * Stops this server (as a deploy does: gracefully) and starts a new process-equivalent on the same
+   * data (SQLite file or PostgreSQL database) and config; `url` and `handle` then name the new one.
+   */
+  restart(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -81,17 +86,23 @@ export async function startServer(target: DbTarget = { name: 'sqlite' }, overrid
   });
   const handle = await createServer(config);
   const url = await listen(handle);
-  return {
+  const server: TestServer = {
     url,
     handle,
     config,
     dataDir,
+    async restart() {
+      await server.handle.close();
+      server.handle = await createServer(config);
+      server.url = await listen(server.handle);
+    },
     async close() {
-      await handle.close();
+      await server.handle.close();
       if (pgDb) await pgDb.drop();
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
+  return server;
 }
 
 export interface ApiResponse<T = any> {

@@ -5,7 +5,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { MockLlm } from '../fixtures/mock-llm.ts';
 import { newChatId, publishedApp } from '../helpers/apps.ts';
-import { demoApp } from '../helpers/seed.ts';
 import { adminAndUser, startServer, type TestServer } from '../helpers/server.ts';
 import { closeServer, createApiKey, mockConfig, SseReader } from './support.ts';
 
@@ -112,12 +111,6 @@ describe('Astron-compatible API', () => {
       const r = await call(body(app), headers);
       expect({ status: r.response.status, body: await r.body() }).toEqual({ status: 401, body: { code: 1002, message: expect.any(String) } });
     }
-  });
-
-  it('a workflow app answers 400 {code: 1004} (not available over this API yet)', async () => {
-    const workflow = await demoApp(server, 'workflow');
-    const r = await call(body(workflow.id));
-    expect({ status: r.response.status, code: (await r.body()).code }).toEqual({ status: 400, code: 1004 });
   });
 
   it('upstream errors while streaming: a last chunk with code 1006 (error) or 1005 (timeout), then [DONE]', async () => {

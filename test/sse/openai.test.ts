@@ -200,8 +200,10 @@ describe('OpenAI-compatible API with the official client', () => {
       const ids = [];
       for await (const m of client.models.list()) ids.push(m.id);
       expect(ids).toEqual(expect.arrayContaining([chatApp, assistantApp]));
+      // every kind of app is a model; workflow apps too (test/sse/workflow-sse.test.ts)
       const workflow = await demoApp(server, 'workflow');
-      expect(ids).not.toContain(workflow.id);
+      expect(ids).toContain(workflow.id);
+      expect(await client.models.retrieve(workflow.id)).toMatchObject({ id: workflow.id, kind: 'workflow' });
       expect((await client.models.retrieve(chatApp)).id).toBe(chatApp);
 
       const scoped = openai((await createApiKey(user, [chatApp])).key);
@@ -232,14 +234,10 @@ describe('OpenAI-compatible API with the official client', () => {
       expect(revoked).toBeInstanceOf(AuthenticationError);
     });
 
-    it('unknown model: 404 model_not_found; a workflow app: 400 workflow_not_supported', async () => {
+    it('unknown model: 404 model_not_found', async () => {
       const unknown = await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'x' }] }).catch((e: unknown) => e);
       expect(unknown).toBeInstanceOf(NotFoundError);
       expect(unknown).toMatchObject({ status: 404, code: 'model_not_found', param: 'model', type: 'invalid_request_error' });
-      const workflow = await demoApp(server, 'workflow');
-      const wf = await client.chat.completions.create({ model: workflow.id, messages: [{ role: 'user', content: 'x' }] }).catch((e: unknown) => e);
-      expect(wf).toBeInstanceOf(BadRequestError);
-      expect((wf as BadRequestError).code).toBe('workflow_not_supported');
     });
 
     it('bad bodies: 400 invalid_request_error with the param, never a 500', async () => {

@@ -905,6 +905,8 @@ describe.each(dbTargets())('questions at the same moment on $name', (target) => 
       const path = `/api/v1/chat/${app}?chat_id=${chatId}`;
       return [await WsClient.connect(server.url, path, { token: user.token }), await WsClient.connect(server.url, path, { token: user.token })] as const;
     }));
+    // slow answers: the first turn is still running when the second question arrives, even under load
+    for (let i = 0; i < chats.length; i++) mock.enqueue({ text: Array<string>(10).fill(' tok'), delayMs: 50 });
     try {
       for (const [a, b] of pairs) {
         a.send({ inputs: { input: 'from a' } });

@@ -2,6 +2,7 @@ import { Type } from '@sinclair/typebox';
 import { parseSpec, presentApp, presentVersion, type BuildRules } from '../../apps/app-service.ts';
 import { appListScope, authorizeAppEdit, authorizeAppRead, canEditApps, requireAppEditor } from '../../auth/policy.ts';
 import { KIND_OF_FLOW_TYPE } from '../../domain/types.ts';
+import { WORKFLOW_GRAPH_SCHEMA } from '../../runtimes/workflow/workflow-graph.ts';
 import type { App } from '../app.ts';
 import { ok } from '../envelope.ts';
 import type { Services } from '../services.ts';
@@ -86,8 +87,8 @@ const OnlineAppSchema = Type.Composite([
 
 const IdParams = Type.Object({ id: HexId });
 
-export function registerAppRoutes(app: App, { apps, repos, config }: Services): void {
-  const rules: BuildRules = { providers: Object.keys(config.llm.providers), maxSteps: config.workflow.max_steps };
+export function registerAppRoutes(app: App, { apps, repos, config, tools }: Services): void {
+  const rules: BuildRules = { providers: Object.keys(config.llm.providers), tools: tools.names(), maxSteps: config.workflow.max_steps };
   const load = (id: string) => repos.apps.get(id);
 
   app.post('/api/v1/apps', {
@@ -172,6 +173,13 @@ export function registerAppRoutes(app: App, { apps, repos, config }: Services): 
     const problems = apps.validate(row, req.body.graph, rules);
     return ok({ ok: problems.length === 0, problems });
   });
+
+  app.get('/api/v1/workflow/schema', {
+    schema: {
+      tags: ['apps'], summary: "The JSON Schema of a workflow graph (an app's `graph`): node types, their data, edges",
+      response: { 200: Envelope(Type.Unknown({ description: 'JSON Schema (draft 2020-12 style) of {nodes, edges}' })) },
+    },
+  }, async () => ok(WORKFLOW_GRAPH_SCHEMA));
 
   app.get('/api/v1/chat/online', {
     schema: {

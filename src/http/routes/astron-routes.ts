@@ -8,7 +8,7 @@ import { dataEvent, isClientGone, SseStream } from '../sse.ts';
 import type { Services } from '../services.ts';
 import { HexId } from '../schemas.ts';
 import {
-  apiKeyPrincipal, ChatCompletionSchema, ChatMessageIn, chatIdOf, CompletionEncoder, describeInvalid, isPayloadTooLarge, retryAfter, splitMessages, startCompletion,
+  apiKeyPrincipal, ChatCompletionSchema, ChatMessageIn, chatIdOf, CompletionEncoder, describeInvalid, isPayloadTooLarge, retryAfter, splitMessages, startCompletion, workflowInputOf,
   type Chunk, type Completion,
 } from './openai-routes.ts';
 
@@ -18,11 +18,14 @@ import {
  * chunk an OpenAI chunk plus `code` (0) and `message` ("success"); the last content chunk carries the
  * usage; keep-alive `data: {"ping": "pong"}`; the stream ends with `data: [DONE]`.
  * - Before streaming: HTTP 400 `{code: 1001}` validation (also an unknown bot), 401 `{code: 1002}`
- *   authentication, 429 `{code: 1003}` rate limit; a workflow app answers 400 `{code: 1004}` until the
- *   workflow runtime exists.
+ *   authentication, 429 `{code: 1003}` rate limit.
  * - While streaming: a last chunk with `code` 1004 (workflow), 1005 (timeout: upstream timeouts), 1006
  *   (anything else, upstream errors included), then `[DONE]`. `stream: false` answers such failures
  *   with HTTP 504 (1005) / 502 or 500 (1006).
+ * - Workflow apps as over the OpenAI API: the outputs are the content; a run that waits for input ends
+ *   the response with `parley_input_request` on the finish chunk (or the completion); the next call
+ *   with the same chat id answers it with `parameters.input` / the last message, a form with
+ *   `parameters.workflow_input` (an object, or its JSON encoding) or a JSON object as the text.
  * - Auth: an API key (`Authorization: Bearer`). `x-consumer-username` names the user only when
  *   `astron.trust_consumer_header` is on (a gateway in front authenticated it); an API key, when
  *   present, wins. With the flag off the header alone is refused (1002).
@@ -35,6 +38,7 @@ const AstronBody = Type.Object({
   parameters: Type.Object({
     messages: Type.Optional(Type.Array(ChatMessageIn, { minItems: 1, maxItems: 10_000, description: 'OpenAI-style messages; the last is the question' })),
     input: Type.Optional(Type.String({ description: 'the question, when there are no messages' })),
+    workflow_input: Type.Optional(Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.String()], { description: "[parley] workflow apps: a form's answer (object or JSON text)" })),
   }, { additionalProperties: true }),
   meta_data: Type.Optional(Type.Object({
     caller: Type.Optional(Type.String({ maxLength: 256 })),
@@ -64,13 +68,14 @@ function astronError(e: AppError, payloadTooLarge: boolean): { status: number; c
     case 'unauthorized': return { status: 401, code: ASTRON.auth, message: e.message };
     case 'rate_limited': return { status: 429, code: ASTRON.rate, message: e.message };
     case 'invalid_request':
-      if (reason === 'workflow_not_supported') return { status: 400, code: ASTRON.workflow, message: e.message };
       return { status: 400, code: ASTRON.invalid, message: describeInvalid(e).message };
     case 'not_found': case 'app_deleted': case 'app_offline': case 'forbidden': case 'conflict': case 'too_large': case 'app_unbuildable':
       return { status: payloadTooLarge ? 413 : 400, code: ASTRON.invalid, message: reason === 'model_not_found' ? `bot_id: no such bot, or this caller may not use it` : e.message };
     case 'upstream_timeout': return { status: 504, code: ASTRON.timeout, message: e.message };
     case 'upstream_error': return { status: 502, code: ASTRON.unknown, message: e.message };
     case 'busy': return { status: 503, code: ASTRON.unknown, message: e.message };
+    case 'workflow_input_timeout': case 'workflow_max_steps': case 'workflow_node_invalid': case 'workflow_failed':
+      return { status: e.httpStatus, code: turnCode(e.code), message: e.message };
     default: return { status: 500, code: ASTRON.unknown, message: 'Internal error' };
   }
 }
@@ -132,7 +137,10 @@ export function registerAstronRoutes(app: App, services: Services): void {
       if (messages) ({ question, history } = splitMessages(messages, 'parameters.messages'));
       else if (input !== undefined && input.trim()) question = input;
       else throw AppError.invalid([{ path: 'body/parameters', message: 'needs `messages` or a non-empty `input`' }], 'parameters: needs `messages` or a non-empty `input`');
-      const completion = await startCompletion(services, req.principal!, { appId: body.bot_id, chatId, question, history, chatIdParam: body.chat_id ? 'chat_id' : 'X-Chat-Id' });
+      const completion = await startCompletion(services, req.principal!, {
+        appId: body.bot_id, chatId, question, history, chatIdParam: body.chat_id ? 'chat_id' : 'X-Chat-Id',
+        workflowInput: workflowInputOf(body.parameters.workflow_input, 'parameters.workflow_input'),
+      });
       const enc = new CompletionEncoder(`chatcmpl-${completion.turn.turnId}`, completion.created, body.bot_id);
       return body.stream === false ? whole(reply, completion, enc) : stream(reply, completion, enc, heartbeatMs);
     });

@@ -6,7 +6,7 @@ import type { AuthService } from '../../auth/auth-service.ts';
 import { appListScope } from '../../auth/policy.ts';
 import type { ChatTarget, TurnStarted } from '../../chat/chat-service.ts';
 import { TurnEvents } from '../../chat/watch.ts';
-import { AppError, type ErrorCode, type FieldError } from '../../domain/errors.ts';
+import { AppError, ERROR_TABLE, type ErrorCode, type FieldError } from '../../domain/errors.ts';
 import type { ChatEvent } from '../../domain/events.ts';
 import type { LlmMessage, LlmToolCall, LlmUsage } from '../../domain/llm.ts';
 import type { Principal } from '../../domain/types.ts';
@@ -19,8 +19,7 @@ import { Nullable } from '../schemas.ts';
  * The OpenAI-compatible API (PROTOCOL.md §4): `POST /v1/chat/completions`, `GET /v1/models`.
  * A thin encoder over the chat core's turn events, like every transport. Decisions:
  * - Auth: API keys only (`Authorization: Bearer pk-…`); `model` is an app id the key may use
- *   (online, published, within the key's app_ids). Workflow apps answer 400 until the workflow
- *   runtime exists, and are not listed.
+ *   (online, published, within the key's app_ids); every kind of app is listed.
  * - Stateless by default: the last message (role user) is the question, the earlier ones the context.
  *   The request's system/developer messages are kept in place, after the app's own prompt (which
  *   always comes first). Nothing is stored. With `metadata.chat_id` (or `X-Chat-Id`) the turn is
@@ -36,6 +35,18 @@ import { Nullable } from '../schemas.ts';
  *   then `data: [DONE]`.
  * - The client closing the request stops the turn (the upstream request is aborted); with a chat_id
  *   the partial answer is stored, marked `break_answer`.
+ * - Workflow apps: one request runs one segment of the run (PROTOCOL.md §3.2). Its outputs
+ *   (stream_msg, output_msg, output_with_*_msg and an input request's prompt) are the assistant
+ *   content, pieces of different nodes separated by a blank line. When the run then waits for the
+ *   user, the response ends normally (finish_reason "stop") and carries the request in the extension
+ *   field `parley_input_request: {node_id, kind: dialog|form|choose|edit, message_id, input_schema |
+ *   options | input_msg}` — on the final chunk (stream) or the `chat.completion` object. The next
+ *   request with the same chat id answers it: the last user message's text answers a dialog input,
+ *   a choice (one of `options`) or an edit; a form takes its fields as JSON, in
+ *   `metadata.workflow_input` (a JSON-encoded object, as metadata values are strings) or as the user
+ *   message itself. With no waiting run a request starts a new run (the text fills the start
+ *   node's variable `input` when it declares one). Stateless requests (no chat id) run until the
+ *   first input request and end there: the run is not kept, so it cannot be answered.
  */
 
 // ---- request schemas (also used by the Astron API) ----
@@ -61,7 +72,9 @@ const ChatCompletionBody = Type.Object({
   messages: Type.Array(ChatMessageIn, { minItems: 1, maxItems: 10_000 }),
   stream: Type.Optional(Nullable(Type.Boolean())),
   stream_options: Type.Optional(Nullable(Type.Object({ include_usage: Type.Optional(Type.Boolean()) }, { additionalProperties: true }))),
-  metadata: Type.Optional(Nullable(Type.Record(Type.String(), Type.String({ maxLength: 512 }), { description: '`chat_id` (32 hex): append to that stored conversation' }))),
+  metadata: Type.Optional(Nullable(Type.Record(Type.String(), Type.String({ maxLength: 4096 }), {
+    description: '`chat_id` (32 hex): append to that stored conversation; `workflow_input` (a JSON-encoded object): a workflow form\'s answer',
+  }))),
   temperature: Type.Optional(Nullable(Type.Number({ minimum: 0, maximum: 2 }))),
   top_p: Type.Optional(Nullable(Type.Number({ minimum: 0, maximum: 1 }))),
   max_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 1 }))),
@@ -77,6 +90,17 @@ const ToolCallOut = Type.Object({
   id: Type.String(), type: Type.Literal('function'),
   function: Type.Object({ name: Type.String(), arguments: Type.String() }),
 });
+/** [parley] what a waiting workflow run asks for; the next request with the same chat id answers it */
+export const InputRequestSchema = Type.Object({
+  node_id: Type.String(),
+  kind: Type.Union([Type.Literal('dialog'), Type.Literal('form'), Type.Literal('choose'), Type.Literal('edit')]),
+  message_id: Nullable(Type.Union([Type.Integer(), Type.String()], { description: 'the stored request message' })),
+  input_schema: Type.Optional(Type.Unknown({ description: "dialog and form: Bisheng's input_schema ({input_type, value: [{key, type, label, required, options}]})" })),
+  options: Type.Optional(Type.Array(Type.String(), { description: 'choose: answer with one of them' })),
+  input_msg: Type.Optional(Type.String({ description: 'edit: the text to edit' })),
+}, { description: '[parley] the input request a workflow run waits for' });
+export type InputRequest = Static<typeof InputRequestSchema>;
+
 export const ChatCompletionSchema = Type.Object({
   id: Type.String(),
   object: Type.Literal('chat.completion'),
@@ -96,6 +120,7 @@ export const ChatCompletionSchema = Type.Object({
     finish_reason: Type.Union([Type.Literal('stop'), Type.Literal('length')]),
   })),
   usage: Usage,
+  parley_input_request: Type.Optional(InputRequestSchema),
 }, { additionalProperties: true });
 export const OpenAiErrorSchema = Type.Object({
   error: Type.Object({ message: Type.String(), type: Type.String(), param: Nullable(Type.String()), code: Nullable(Type.String()) }),
@@ -178,6 +203,8 @@ export interface CompletionInput {
   maxTokens?: number | null | undefined;
   /** how the chat id is named in errors */
   chatIdParam: string;
+  /** workflow apps: the structured answer to the waiting request (a form's fields) */
+  workflowInput?: Record<string, unknown> | undefined;
 }
 
 /** A started turn and its events, for one HTTP response. */
@@ -221,9 +248,6 @@ export async function startCompletion(services: Services, p: Principal, input: C
     if (e.code === 'forbidden' && input.chatId !== null) throw refused('not_found', 'Conversation not found', input.chatIdParam, 'chat_not_found');
     throw e;
   }
-  if (target.app.kind === 'workflow') {
-    throw refused('invalid_request', 'Workflow apps are not available over this API yet (the workflow runtime is not there); use a chat or assistant app', 'model', 'workflow_not_supported');
-  }
   const model = { ...target.spec.model };
   if (input.temperature !== undefined && input.temperature !== null) model.temperature = input.temperature;
   if (input.maxTokens !== undefined && input.maxTokens !== null) model.max_tokens = Math.min(model.max_tokens ?? input.maxTokens, input.maxTokens);
@@ -234,8 +258,9 @@ export async function startCompletion(services: Services, p: Principal, input: C
   const events = new TurnEvents(bus, key, p.id);
   let turn: TurnStarted;
   try {
+    const data = target.app.kind === 'workflow' && input.workflowInput ? { data: input.workflowInput } : {};
     turn = await chat.ask({
-      principal: p, target, text: input.question, inputs: { input: input.question }, debugKey: key,
+      principal: p, target, text: input.question, inputs: { input: input.question, ...data }, debugKey: key,
       ...(stateless ? { history: input.history } : {}),
     });
   } catch (err) {
@@ -262,6 +287,7 @@ export interface Chunk {
   system_fingerprint: null;
   choices: ChunkChoice[];
   usage?: LlmUsage | null;
+  parley_input_request?: InputRequest;
 }
 
 interface ToolCallOut {
@@ -282,6 +308,14 @@ export class CompletionEncoder {
   /** the final answer (end_cover), unless the turn was stopped */
   answer: string | null = null;
   error: { code: ErrorCode; message: string } | null = null;
+  /** a workflow run waits for this (sent with the finish) */
+  inputRequest: InputRequest | null = null;
+  /** the finish chunk was sent */
+  private finished = false;
+  /** the workflow node run the last content came from: content of another one starts after a blank line */
+  private source: string | null = null;
+  /** streamed text per workflow node run */
+  private readonly nodeText = new Map<string, string>();
 
   constructor(readonly id: string, readonly created: number, readonly model: string) {}
 
@@ -328,14 +362,76 @@ export class CompletionEncoder {
           }
         }
         out.push(this.chunk({}, 'stop'));
+        this.finished = true;
         return out;
       }
       case 'error':
         this.error = { code: b.code, message: b.message };
         return [];
+      case 'frame':
+        return this.workflowFrame(b.category, b.type, isObject(b.message) ? b.message : {}, b.messageId ?? null);
+      case 'close': {
+        // a workflow segment ends here (a chat turn finished with its answer)
+        const usage = b.extra?.usage;
+        if (isObject(usage) && typeof usage.total_tokens === 'number') this.usage = usage as unknown as LlmUsage;
+        if (this.finished || this.error) return [];
+        this.finished = true;
+        const last = this.chunk({}, 'stop');
+        if (this.inputRequest) last.parley_input_request = this.inputRequest;
+        return [last];
+      }
       default:
         return [];
     }
+  }
+
+  /** A workflow frame's share of the content, and the request a waiting run asks. */
+  private workflowFrame(category: string, type: string, m: Record<string, unknown>, messageId: number | string | null): Chunk[] {
+    const source = String(m.unique_id ?? m.node_id ?? '');
+    const msg = typeof m.msg === 'string' ? m.msg : '';
+    const request = (kind: InputRequest['kind'], fields: Partial<InputRequest>) => {
+      this.inputRequest = { node_id: String(m.node_id ?? ''), kind, message_id: messageId, ...fields };
+    };
+    switch (`${category}/${type}`) {
+      case 'stream_msg/stream': {
+        const out = this.content(source, msg);
+        this.nodeText.set(source, (this.nodeText.get(source) ?? '') + msg);
+        const reasoning = typeof m.reasoning_content === 'string' ? m.reasoning_content : '';
+        if (reasoning) {
+          this.reasoning += reasoning;
+          out.push(this.chunk({ reasoning_content: reasoning }));
+        }
+        return out;
+      }
+      case 'stream_msg/end': {
+        // a node that does not stream sends its text only here
+        const seen = this.nodeText.get(source) ?? '';
+        return msg.length > seen.length && msg.startsWith(seen) ? this.content(source, msg.slice(seen.length)) : [];
+      }
+      case 'output_msg/over':
+        return this.content(source, msg);
+      case 'output_with_choose_msg/over':
+        request('choose', { options: Array.isArray(m.options) ? m.options.map(String) : [] });
+        return this.content(source, msg);
+      case 'output_with_input_msg/over':
+        request('edit', { input_msg: typeof m.input_msg === 'string' ? m.input_msg : msg });
+        return this.content(source, msg);
+      case 'input/over': {
+        const schema = isObject(m.input_schema) ? m.input_schema : {};
+        request(schema.input_type === 'form_input' ? 'form' : 'dialog', { input_schema: m.input_schema ?? null });
+        return this.content(source, msg);
+      }
+      default:
+        return [];
+    }
+  }
+
+  private content(source: string, text: string): Chunk[] {
+    if (!text) return [];
+    const piece = this.streamed && this.source !== null && this.source !== source ? `\n\n${text}` : text;
+    this.source = source;
+    this.streamed += piece;
+    return [this.chunk({ content: piece })];
   }
 
   /** The whole answer as a `chat.completion`. */
@@ -352,6 +448,7 @@ export class CompletionEncoder {
         logprobs: null, finish_reason: 'stop',
       }],
       usage: this.usage,
+      ...(this.inputRequest ? { parley_input_request: this.inputRequest } : {}),
     };
   }
 }
@@ -413,6 +510,15 @@ export function openAiError(e: AppError, payloadTooLarge = false): OpenAiError {
       return make(504, 'server_error', 'upstream_timeout');
     case 'busy':
       return make(503, 'server_error', 'server_busy');
+    case 'workflow_input_timeout':
+    case 'workflow_max_steps':
+    case 'workflow_node_invalid':
+    case 'workflow_failed': {
+      // the workflow's own code, not a sandbox reason from `data`
+      const err = make(ERROR_TABLE[e.code].http, e.code === 'workflow_failed' ? 'server_error' : 'invalid_request_error', e.code);
+      err.body.error.code = e.code;
+      return err;
+    }
     default:
       return make(500, 'server_error', 'internal_error', 'Internal error');
   }
@@ -428,6 +534,23 @@ export async function apiKeyPrincipal(auth: AuthService, header: string | undefi
   if (!p) throw new AppError('unauthorized', 'Invalid or revoked API key');
   return p;
 }
+
+/** A workflow form's answer: a JSON object, or its JSON encoding (metadata values are strings). */
+export function workflowInputOf(value: unknown, param: string): Record<string, unknown> | undefined {
+  if (value === undefined || value === null || value === '') return undefined;
+  let parsed = value;
+  if (typeof value === 'string') {
+    try {
+      parsed = JSON.parse(value);
+    } catch {
+      throw invalidAt(param, 'must be a JSON-encoded object (the answer fields)');
+    }
+  }
+  if (!isObject(parsed)) throw invalidAt(param, 'must be an object (the answer fields)');
+  return parsed;
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** The chat id of `metadata.chat_id` / `X-Chat-Id`: both must agree; either must be 32 hex. */
 export function chatIdOf(fromBody: string | undefined, fromHeader: string | string[] | undefined, bodyParam: string): string | null {
@@ -475,7 +598,6 @@ export function registerOpenAiRoutes(app: App, services: Services): void {
       for (let page = 1; ; page++) {
         const found = await apps.listPublished({ page, limit: 100, ids });
         for (const { app: a } of found) {
-          if (a.kind === 'workflow') continue;
           out.push({ id: a.id, object: 'model', created: Math.floor(Date.parse(a.create_time) / 1000) || 0, owned_by: 'parley', name: a.name, kind: a.kind });
         }
         if (found.length < 100) return out;
@@ -485,7 +607,7 @@ export function registerOpenAiRoutes(app: App, services: Services): void {
     scope.get('/models', {
       config: { public: true },
       schema: {
-        tags, summary: 'The apps this API key may use, as models (chat and assistant apps)', security,
+        tags, summary: 'The apps this API key may use, as models (`kind`: chat, assistant or workflow)', security,
         response: { 200: Type.Object({ object: Type.Literal('list'), data: Type.Array(ModelSchema) }), ...errors },
       },
     }, async (req) => ({ object: 'list' as const, data: await listModels(req.principal!) }));
@@ -517,6 +639,7 @@ export function registerOpenAiRoutes(app: App, services: Services): void {
       const completion = await startCompletion(services, req.principal!, {
         appId: body.model, chatId, question, history, chatIdParam: body.metadata?.chat_id ? 'metadata.chat_id' : 'X-Chat-Id',
         temperature: body.temperature, maxTokens: body.max_completion_tokens ?? body.max_tokens,
+        workflowInput: workflowInputOf(body.metadata?.workflow_input, 'metadata.workflow_input'),
       });
       const enc = new CompletionEncoder(`chatcmpl-${completion.turn.turnId}`, completion.created, body.model);
       // the question is stored: an automatic retry by the client would store it again

@@ -24,12 +24,20 @@ import { HexId, Nullable } from '../schemas.ts';
  * First comes `system/info` `{resumed: true, from_seq}` — or `{resumed: false, reason}` when the replay
  * log no longer covers the seq, and the stream ends (reload the history over REST). When the turn had
  * ended at that seq there is nothing to send: 204, which also stops an EventSource from reconnecting.
+ *
+ * Workflow apps: a question starts a run, or answers the request the conversation's run waits for
+ * (the text answers a dialog input or a choice; a form takes its fields in `inputs.data`, or as a
+ * JSON object in the text). The response carries the workflow frames themselves and ends with the
+ * segment's processing/close — also when the run then waits: its `input/over` (or
+ * `output_with_*_msg/over`) frame is the request, and the close's `extra.run_status` is "input".
  */
 
 const AskBody = Type.Object({
   inputs: Type.Optional(Type.Object({
     input: Type.Optional(Type.String({ description: 'the question' })),
     question: Type.Optional(Type.String({ description: 'accepted instead of `input`' })),
+    data: Type.Optional(Type.Record(Type.String(), Type.Unknown(), { description: "workflow apps: the answer to the waiting request (a form's fields)" })),
+    variables: Type.Optional(Type.Record(Type.String(), Type.Unknown(), { description: "workflow apps: values of the start node's declared variables, when the question starts a run" })),
   }, { additionalProperties: true, description: 'stored with the question, as Bisheng stores it' })),
   chat_id: Type.Optional(Nullable(Type.Union([HexId, Type.Literal('')], { description: 'client-generated conversation id; absent: debug mode (admins, the draft, nothing stored)' }))),
   client_message_id: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'a repeated id streams the earlier turn instead of asking again' })),
@@ -57,17 +65,12 @@ export function registerSseRoutes(app: App, { chat, bus, config }: Services): vo
 
   /** The app and conversation; a conversation of someone else answers 404 like a missing one (PROTOCOL.md §8.10). */
   const resolve = async (p: Principal, appId: string, chatId: string | null): Promise<ChatTarget> => {
-    let target: ChatTarget;
     try {
-      target = await chat.resolveTarget(p, appId, { chatId });
+      return await chat.resolveTarget(p, appId, { chatId });
     } catch (err) {
       if (chatId !== null && err instanceof AppError && err.code === 'forbidden') throw AppError.notFound('Conversation not found');
       throw err;
     }
-    if (target.app.kind === 'workflow') {
-      throw AppError.invalid([{ path: 'app_id', message: 'workflow apps are not available over SSE yet; use the WebSocket' }], 'Workflow apps are not available over SSE yet');
-    }
-    return target;
   };
 
   /** Replays after `afterSeq`, then streams live until the turn's processing/close. */

@@ -4,11 +4,11 @@ import type { FastifyReply } from 'fastify';
 import { AppError, type ErrorCode } from '../../domain/errors.ts';
 import type { Principal } from '../../domain/types.ts';
 import { asAppError, type App } from '../app.ts';
-import { dataEvent, isClientGone, SseStream } from '../sse.ts';
+import { dataEvent, SseStream } from '../sse.ts';
 import type { Services } from '../services.ts';
 import { HexId } from '../schemas.ts';
 import {
-  apiKeyPrincipal, ChatCompletionSchema, ChatMessageIn, chatIdOf, CompletionEncoder, describeInvalid, isPayloadTooLarge, retryAfter, splitMessages, startCompletion, workflowInputOf,
+  apiKeyPrincipal, ChatCompletionSchema, ChatMessageIn, chatIdOf, CompletionEncoder, describeInvalid, drainCompletion, isPayloadTooLarge, retryAfter, splitMessages, startCompletion, workflowInputOf,
   type Chunk, type Completion,
 } from './openai-routes.ts';
 
@@ -175,20 +175,7 @@ async function stream(reply: FastifyReply, completion: Completion, enc: Completi
 }
 
 async function whole(reply: FastifyReply, completion: Completion, enc: CompletionEncoder) {
-  let finished = false;
-  const gone = () => {
-    if (!finished) completion.cancel();
-  };
-  reply.raw.on('close', gone);
-  // the client may have gone while the turn was being started
-  if (isClientGone(reply)) gone();
-  try {
-    for await (const e of completion.events) enc.push(e);
-  } finally {
-    finished = true;
-    completion.settle();
-  }
-  if (isClientGone(reply)) return reply.hijack();
+  if (!(await drainCompletion(reply, completion, enc))) return reply.hijack();
   if (enc.error) {
     const code = turnCode(enc.error.code);
     const status = code === ASTRON.timeout ? 504 : enc.error.code === 'upstream_error' ? 502 : 500;

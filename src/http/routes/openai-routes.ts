@@ -651,7 +651,11 @@ export function registerOpenAiRoutes(app: App, services: Services): void {
   }, { prefix: '/v1' });
 }
 
-async function wholeCompletion(reply: FastifyReply, completion: Completion, enc: CompletionEncoder) {
+/**
+ * Feeds a whole (non-stream) turn into the encoder; a client that goes away stops the turn.
+ * @returns false when the client is gone (nothing is to be sent)
+ */
+export async function drainCompletion(reply: FastifyReply, completion: Completion, enc: CompletionEncoder): Promise<boolean> {
   let finished = false;
   const gone = () => {
     if (!finished) completion.cancel();
@@ -665,7 +669,11 @@ async function wholeCompletion(reply: FastifyReply, completion: Completion, enc:
     finished = true;
     completion.settle();
   }
-  if (isClientGone(reply)) return reply.hijack();
+  return !isClientGone(reply);
+}
+
+async function wholeCompletion(reply: FastifyReply, completion: Completion, enc: CompletionEncoder) {
+  if (!(await drainCompletion(reply, completion, enc))) return reply.hijack();
   if (enc.error) throw new AppError(enc.error.code, enc.error.message);
   return reply.type('application/json; charset=utf-8').send(enc.completion());
 }

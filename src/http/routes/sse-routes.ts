@@ -73,18 +73,25 @@ export function registerSseRoutes(app: App, { chat, bus, config }: Services): vo
     }
   };
 
-  /** Replays after `afterSeq`, then streams live until the turn's processing/close. */
-  const resume = async (reply: FastifyReply, p: Principal, appId: string, chatId: string, afterSeq: number) => {
-    const target = await resolve(p, appId, chatId);
+  /** An SSE response that writes the caller's events of `key` (held until released) and ends after processing/close. */
+  const stream = (reply: FastifyReply, p: Principal, key: string, onFinish?: () => void) => {
     const sse = new SseStream(reply, { ping: PING_COMMENT, heartbeatMs });
-    const watch = new EventWatch(bus, chatId, (e) => {
+    const watch = new EventWatch(bus, key, (e) => {
       sse.write(frameEvent(e));
       if (e.body.kind === 'close') finish();
     }, { hold: true, userId: p.id });
     const finish = () => {
       watch.close();
       sse.end();
+      onFinish?.();
     };
+    return { sse, watch, finish };
+  };
+
+  /** Replays after `afterSeq`, then streams live until the turn's processing/close. */
+  const resume = async (reply: FastifyReply, p: Principal, appId: string, chatId: string, afterSeq: number) => {
+    const target = await resolve(p, appId, chatId);
+    const { sse, watch, finish } = stream(reply, p, chatId);
     sse.onClientGone(() => watch.close());
     const ids = { chatId, flowId: target.app.id };
     let ended = false;
@@ -131,16 +138,9 @@ export function registerSseRoutes(app: App, { chat, bus, config }: Services): vo
     const target = await resolve(p, appId, chatId);
 
     const key = chatId ?? `debug:sse:${randomUUID()}`;
-    const sse = new SseStream(reply, { ping: PING_COMMENT, heartbeatMs });
-    const watch = new EventWatch(bus, key, (e) => {
-      sse.write(frameEvent(e));
-      if (e.body.kind === 'close') finish();
-    }, { hold: true, userId: p.id });
-    const finish = () => {
-      watch.close();
-      sse.end();
+    const { sse, watch, finish } = stream(reply, p, key, () => {
       if (!chatId) chat.forgetDebugKey(key);
-    };
+    });
     let turn;
     try {
       turn = await chat.ask({ principal: p, target, text, inputs: inputs ?? {}, clientMessageId: req.body.client_message_id, debugKey: key });

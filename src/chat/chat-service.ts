@@ -16,6 +16,7 @@ import { isRecord, type JsonValue } from '../runtimes/workflow/workflow-graph.ts
 import type { Repos } from '../storage/repos.ts';
 import type { AppRow, ConversationRow, MessageRow, NewMessage } from '../storage/tables.ts';
 import { BREAK_ANSWER, buildContext, CLEAR_MARKER, questionText } from './context.ts';
+import { titleFrom } from './conversation-service.ts';
 import { Moderation } from './moderation.ts';
 import type { TurnControl } from './turn-control.ts';
 import { answerFromText, isDebugKey, WorkflowTurns, type KeptRun, type Segment } from './workflow-turns.ts';
@@ -115,7 +116,6 @@ type ChatState = { questionId: number | null; history: LlmMessage[]; blocked: st
 type TurnWork = (emit: TurnEmit) => Promise<Record<string, unknown> | void>;
 
 const SEQ_RESERVE = 10_000;
-const TITLE_LENGTH = 60;
 
 /**
  * The chat core: starts turns, runs them on a runtime, persists what must last, and publishes
@@ -583,7 +583,7 @@ export class ChatService implements TurnControl {
 
   private async ensureConversation(p: Principal, target: ChatTarget, text: string): Promise<ConversationRow> {
     const conv = await this.deps.repos.conversations.ensure({
-      chat_id: target.chatId!, name: text.replace(/\s+/g, ' ').trim().slice(0, TITLE_LENGTH), flow_id: target.app.id,
+      chat_id: target.chatId!, name: titleFrom(text), flow_id: target.app.id,
       flow_type: FLOW_TYPE[target.app.kind], flow_name: target.app.name, user_id: p.id,
     });
     if (conv.user_id !== p.id || conv.is_delete || conv.flow_id !== target.app.id) throw new AppError('forbidden', 'no permission');

@@ -38,7 +38,7 @@ export interface ConversationItem {
 const BLANK_MESSAGE = { intermediate_steps: '', files: '[]', extra: '{}', source: 0, sender: '', receiver: null, remark: '', parent_message_id: null, turn_id: null };
 
 /** A title from the first question: its first line, clipped by code points. */
-function titleFrom(question: string): string {
+export function titleFrom(question: string): string {
   const line = displayText(question).split('\n').map((l) => l.trim()).find(Boolean) ?? '';
   return Array.from(line).slice(0, TITLE_CHARS).join('') || DEFAULT_NAME;
 }

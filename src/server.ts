@@ -108,7 +108,8 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
 /** Starts listening on the configured host and port. */
 export async function listen(handle: ServerHandle): Promise<string> {
   const { host, port } = handle.services.config.server;
-  await handle.app.listen({ host, port });
+  // a deep accept queue: a burst of connects must not be reset while the event loop is busy
+  await handle.app.listen({ host, port, backlog: 4096 });
   const addr = handle.app.server.address();
   const actualPort = typeof addr === 'object' && addr ? addr.port : port;
   handle.url = `http://${host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host}:${actualPort}`;

@@ -21,8 +21,15 @@ export class MemoryBus implements Bus {
   private readonly channels = new Map<string, Channel>();
   private readonly controls = new Set<(m: ControlMessage) => void>();
   private readonly sweeper: NodeJS.Timeout;
+  /** channels whose newest turn has ended, oldest end first, with the events their logs hold */
+  private readonly finished = new Map<string, number>();
+  private retained = 0;
 
-  constructor(private readonly now: () => number = Date.now) {
+  /**
+   * @param maxRetained events kept, in all, for replaying finished turns; beyond it the logs of the
+   *   longest-finished turns are dropped (a late resume then gets `resumed: false` and reloads history)
+   */
+  constructor(private readonly now: () => number = Date.now, private readonly maxRetained = 100_000) {
     this.sweeper = setInterval(() => this.sweep(), 30_000);
     this.sweeper.unref();
   }
@@ -41,6 +48,7 @@ export class MemoryBus implements Bus {
     if (ch.lastSeq < 0) {
       ch.floor = event.seq - 1;
     } else if (ch.ended) {
+      this.unretain(event.key);
       // a new turn: keep the one that just ended while it may still be replayed (PROTOCOL.md §3.4)
       const keep = this.expired(ch) ? [] : ch.log.slice(ch.turnStart);
       ch.floor = keep.length ? keep[0]!.seq - 1 : ch.lastSeq;
@@ -81,6 +89,33 @@ export class MemoryBus implements Bus {
     if (!ch) return;
     ch.ended = true;
     ch.expiresAt = this.now() + ttlSeconds * 1000;
+    this.unretain(key);
+    this.finished.set(key, ch.log.length);
+    this.retained += ch.log.length;
+    for (const [oldest] of this.finished) {
+      if (this.retained <= this.maxRetained) break;
+      this.drop(oldest);
+    }
+  }
+
+  private unretain(key: string): void {
+    const n = this.finished.get(key);
+    if (n === undefined) return;
+    this.finished.delete(key);
+    this.retained -= n;
+  }
+
+  /** Forgets a finished turn's events; the channel still knows its last seq. */
+  private drop(key: string): void {
+    this.unretain(key);
+    const ch = this.channels.get(key);
+    if (!ch) return;
+    if (ch.listeners.size === 0) this.channels.delete(key);
+    else {
+      ch.floor = ch.lastSeq;
+      ch.log = [];
+      ch.turnStart = 0;
+    }
   }
 
   sendControl(message: ControlMessage): void {
@@ -99,20 +134,14 @@ export class MemoryBus implements Bus {
   }
 
   private sweep(): void {
-    for (const [key, ch] of this.channels) {
-      if (!this.expired(ch)) continue;
-      if (ch.listeners.size === 0) this.channels.delete(key);
-      else {
-        ch.floor = ch.lastSeq;
-        ch.log = [];
-        ch.turnStart = 0;
-      }
-    }
+    for (const [key, ch] of this.channels) if (this.expired(ch)) this.drop(key);
   }
 
   async close(): Promise<void> {
     clearInterval(this.sweeper);
     this.channels.clear();
     this.controls.clear();
+    this.finished.clear();
+    this.retained = 0;
   }
 }

@@ -81,3 +81,18 @@ export function busContract(name: string, make: (clock: { now: number }) => Bus)
 }
 
 busContract('memory', (clock) => new MemoryBus(() => clock.now));
+
+describe('memory bus retention', () => {
+  it('drops the longest-finished turns beyond its event budget; a late resume is then told so', async () => {
+    const bus = new MemoryBus(() => 0, 5);
+    const ev = (key: string, seq: number): ChatEvent => ({ seq, key, chatId: key, turnId: 't', flowId: 'f', userId: 1, body: { kind: 'close' } });
+    for (const key of ['a', 'b']) {
+      for (const s of [1, 2, 3]) bus.publish(ev(key, s));
+      bus.endTurn(key, 600);
+    }
+    // 6 events retained > 5: the turn of `a` (finished first) is gone, `b` is kept
+    expect(await bus.replay('a', 1)).toBeNull();
+    expect((await bus.replay('b', 1))!.map((e) => e.seq)).toEqual([2, 3]);
+    await bus.close();
+  });
+});

@@ -103,3 +103,10 @@ export const kinds = (frames: Frame[]): string[] => frames.map((f) => `${f.categ
 /** The streamed text of a turn: its processing/stream contents joined. */
 export const streamedText = (frames: Frame[]): string =>
   frames.filter((f) => f.category === 'processing' && f.type === 'stream').map((f) => f.message.content as string).join('');
+
+/** Closes every socket a test opened (emptying the list) and waits until they are closed. */
+export async function closeAll(sockets: WsClient[]): Promise<void> {
+  const open = sockets.splice(0);
+  for (const ws of open) ws.close();
+  await Promise.all(open.map((ws) => ws.waitClose(2000)));
+}

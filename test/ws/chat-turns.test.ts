@@ -11,7 +11,7 @@ import { createServer, listen } from '../../src/server.ts';
 import { MockLlm, type MockStep } from '../fixtures/mock-llm.ts';
 import { newChatId, publishedApp } from '../helpers/apps.ts';
 import { ADMIN_PASSWORD, Api, adminAndUser, dbTargets, startServer, type TestServer } from '../helpers/server.ts';
-import { kinds, streamedText, WsClient, type Frame } from '../helpers/ws-client.ts';
+import { kinds, streamedText, WsClient, type Frame, closeAll } from '../helpers/ws-client.ts';
 
 const BISHENG_FIELDS = ['is_bot', 'message', 'type', 'category', 'intermediate_steps', 'files', 'user_id', 'message_id', 'source', 'sender', 'receiver', 'liked', 'extra', 'flow_id', 'chat_id'];
 const TOOLS = ['calculator', 'current_time'];
@@ -139,11 +139,7 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
     await mock?.close();
   });
   beforeEach(() => mock.reset());
-  afterEach(async () => {
-    const open = sockets.splice(0);
-    for (const ws of open) ws.close();
-    await Promise.all(open.map((ws) => ws.waitClose(2000)));
-  });
+  afterEach(() => closeAll(sockets));
 
   describe('a full turn', () => {
     it('chat app: documented frame order, Bisheng fields, seq, end_cover = deltas, stored question and answer', async () => {

@@ -14,7 +14,7 @@ import { createRepos } from '../../src/storage/repos.ts';
 import { MockLlm } from '../fixtures/mock-llm.ts';
 import { newChatId, publishedApp } from '../helpers/apps.ts';
 import { Api, adminAndUser, startServer, type TestServer } from '../helpers/server.ts';
-import { kinds, streamedText, WsClient, type Frame } from '../helpers/ws-client.ts';
+import { kinds, streamedText, WsClient, type Frame, closeAll } from '../helpers/ws-client.ts';
 
 const isClose = (f: Frame) => f.category === 'processing' && f.type === 'close';
 const isError = (f: Frame) => f.category === 'error';
@@ -149,11 +149,7 @@ describe('WebSocket protocol, limits and connect (sqlite, mock model over HTTP)'
     await mock?.close();
   });
   beforeEach(() => mock.reset());
-  afterEach(async () => {
-    const open = sockets.splice(0);
-    for (const ws of open) ws.close();
-    await Promise.all(open.map((ws) => ws.waitClose(2000)));
-  });
+  afterEach(() => closeAll(sockets));
 
   describe('bad client frames: rejected with an error frame, the socket stays open and keeps working', () => {
     it('invalid JSON → 10400 without seq or processing/close', async () => {

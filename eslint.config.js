@@ -5,7 +5,7 @@ import tseslint from 'typescript-eslint';
  * Layers import downward only (ARCHITECTURE.md). Each entry lists what a folder must NOT import.
  * The chat core imports no transport, driver or SDK.
  */
-const DRIVERS = ['fastify', '@fastify/*', 'ws', 'better-sqlite3', 'pg', 'ioredis', 'kysely', 'ai', '@ai-sdk/*'];
+const DRIVERS = ['fastify', '@fastify/*', 'ws', 'better-sqlite3', 'pg', 'ioredis', 'kysely', 'eventsource-parser'];
 const layer = (folder, forbiddenFolders, forbiddenPackages = []) => ({
   files: [`src/${folder}/**/*.ts`],
   rules: {
@@ -32,15 +32,15 @@ export default tseslint.config(
   },
   layer('domain', ['config', 'storage', 'bus', 'providers', 'tools', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps'], DRIVERS),
   layer('config', ['domain', 'storage', 'bus', 'providers', 'tools', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps'], DRIVERS),
-  layer('storage', ['bus', 'providers', 'tools', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps'], ['fastify', '@fastify/*', 'ws', 'ioredis', 'ai', '@ai-sdk/*']),
-  layer('bus', ['storage', 'providers', 'tools', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps'], ['fastify', '@fastify/*', 'ws', 'better-sqlite3', 'pg', 'kysely', 'ai', '@ai-sdk/*']),
+  layer('storage', ['bus', 'providers', 'tools', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps'], ['fastify', '@fastify/*', 'ws', 'ioredis', 'eventsource-parser']),
+  layer('bus', ['storage', 'providers', 'tools', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps'], ['fastify', '@fastify/*', 'ws', 'better-sqlite3', 'pg', 'kysely', 'eventsource-parser']),
   layer('providers', ['storage', 'bus', 'tools', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps'], ['fastify', '@fastify/*', 'ws', 'better-sqlite3', 'pg', 'kysely', 'ioredis']),
   layer('tools', ['storage', 'bus', 'providers', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps'], DRIVERS),
   layer('runtimes', ['storage', 'bus', 'chat', 'auth', 'http', 'ws', 'apps'], DRIVERS),
   layer('chat', ['http', 'ws', 'providers'], DRIVERS),
   layer('auth', ['http', 'ws', 'bus', 'providers', 'tools', 'runtimes', 'chat', 'apps'], DRIVERS),
   layer('apps', ['http', 'ws', 'bus', 'providers', 'chat'], DRIVERS),
-  layer('ws', ['http', 'storage'], ['fastify', 'better-sqlite3', 'pg', 'kysely', 'ioredis', 'ai', '@ai-sdk/*']),
+  layer('ws', ['http', 'storage'], ['fastify', 'better-sqlite3', 'pg', 'kysely', 'ioredis', 'eventsource-parser']),
   {
     // the composition root, the CLI and the tests may read the environment
     files: ['src/cli.ts', 'test/**/*.ts', 'bench/**/*', 'bin/**/*', 'eslint.config.js', 'vitest.config.ts'],

@@ -33,8 +33,9 @@ export function analyzeProfile(prof, root, window = null) {
   const byId = new Map(prof.nodes.map((n) => [n.id, n]));
   const parent = new Map();
   for (const n of prof.nodes) for (const c of n.children || []) parent.set(c, n.id);
-  const srcDir = root ? path.join(root, 'src') + path.sep : null;
-  const isOwn = (url) => Boolean(srcDir && url && (url.startsWith('file://') ? fileURLToPath(url) : url).startsWith(srcDir));
+  // Parley's code: src/ (run through tsx) or its build in dist/ (how the bench runs it)
+  const ownDirs = root ? ['src', 'dist'].map((d) => path.join(root, d) + path.sep) : [];
+  const isOwn = (url) => Boolean(url && ownDirs.some((d) => (url.startsWith('file://') ? fileURLToPath(url) : url).startsWith(d)));
   const incl = new Map(); // Parley's own functions (src/): time with everything they call
   const self = new Map();
   const { samples, timeDeltas } = prof;

@@ -39,8 +39,12 @@ export function createLogger(config: Config): Logger {
   });
 }
 
-export async function openDatabase(config: Config): Promise<Db> {
-  const db = openDb({ url: config.server.database_url, dataDir: config.server.data_dir });
+export async function openDatabase(config: Config, logger?: Logger): Promise<Db> {
+  const db = openDb({
+    url: config.server.database_url,
+    dataDir: config.server.data_dir,
+    onIdleError: (err) => logger?.warn({ err }, 'an idle database connection failed; the pool opens a new one'),
+  });
   await migrateToLatest(db.kysely as never, db.dialect);
   return db;
 }
@@ -55,7 +59,7 @@ export interface ServerOptions {
 
 export async function createServer(config: Config, opts: ServerOptions = {}): Promise<ServerHandle> {
   const logger = opts.logger ?? createLogger(config);
-  const db = await openDatabase(config);
+  const db = await openDatabase(config, logger);
   const repos = createRepos(db);
 
   const secret = config.auth.jwt_secret || (await repos.settings.getOrInit('jwt_secret', randomBytes(32).toString('base64url')));

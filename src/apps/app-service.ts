@@ -48,6 +48,9 @@ const problemPath = (p: Problem) => (p.node_id !== undefined ? `graph/nodes/${p.
 
 /** Apps: drafts, published versions, online status. Pure orchestration over the repositories. */
 export class AppService {
+  /** parsed specs of published versions, which never change once published (`appId:version`) */
+  private readonly published = new Map<string, AppSpec>();
+
   constructor(private readonly repos: Repos) {}
 
   async get(id: string): Promise<AppRow> {
@@ -61,9 +64,16 @@ export class AppService {
     if (opts.draft) return parseSpec(app.draft);
     const version = opts.version ?? app.published_version;
     if (version === null) throw new AppError('app_offline', 'App has no published version');
+    const key = `${app.id}:${version}`;
+    const cached = this.published.get(key);
+    if (cached) return cached;
     const row = await this.repos.apps.getVersion(app.id, version);
     if (!row) throw AppError.notFound('App version not found');
-    return parseSpec(row.spec);
+    const spec = parseSpec(row.spec);
+    // read on every question of every conversation; a bounded cache, oldest entry out first
+    if (this.published.size >= 1000) this.published.delete(this.published.keys().next().value!);
+    this.published.set(key, spec);
+    return spec;
   }
 
   /** A new draft: offline, unpublished, with the spec defaults filled in. */

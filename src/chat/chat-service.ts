@@ -543,9 +543,12 @@ export class ChatService implements TurnControl {
     return turn;
   }
 
-  /** Runs a prepared turn; its first event is published on a later tick, so the caller can subscribe first. */
+  /**
+   * Runs a prepared turn, starting in a microtask: callers subscribe (held) before they ask, so
+   * nothing waits for the event loop to come round — under load that wait was most of the added TTFT.
+   */
   private launch(turn: RunningTurn, ids: TurnIds, fromSeq: number, work: TurnWork): TurnStarted {
-    turn.done = new Promise<void>((r) => setImmediate(r)).then(() => this.drive(turn, ids, fromSeq, work));
+    turn.done = Promise.resolve().then(() => this.drive(turn, ids, fromSeq, work));
     return { key: turn.key, turnId: turn.turnId, fromSeq, duplicate: false };
   }
 
@@ -590,16 +593,16 @@ export class ChatService implements TurnControl {
     return conv;
   }
 
-  /** The seq before this turn's first event; reserves a block in the database so a crash never reuses seqs. */
+  /**
+   * The seq before this turn's first event; reserves a block of SEQ_RESERVE seqs in the database (one
+   * atomic UPDATE … RETURNING) so a crash never reuses seqs. drive() settles it when the turn ends.
+   */
   private async seqFloor(key: string, conv: ConversationRow | null): Promise<number> {
     if (!conv) {
       const last = this.debugSeq.get(key) ?? 0;
       return last;
     }
-    const fresh = await this.deps.repos.conversations.get(conv.chat_id);
-    const floor = fresh?.last_seq ?? 0;
-    await this.deps.repos.conversations.raiseSeq(conv.chat_id, floor + SEQ_RESERVE);
-    return floor;
+    return (await this.deps.repos.conversations.reserveSeq(conv.chat_id, SEQ_RESERVE)) ?? 0;
   }
 
   /** A chat or assistant answer: the AssistantRuntime's events, then the answer stored once (a stop keeps the partial one). */

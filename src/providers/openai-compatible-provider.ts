@@ -1,31 +1,28 @@
 /**
  * An LlmProvider for any OpenAI-compatible chat completions endpoint (OpenAI, vLLM, Ollama,
- * DeepSeek, Qwen, ...), built on the AI SDK. One `stream()` is one model call (one step): tools
- * are declared without executing them, so the call ends at the tool calls and the runtime runs them.
+ * DeepSeek, Qwen, ...). One `stream()` is one model call (one step): tools are declared without
+ * executing them, so the call ends at the tool calls and the runtime runs them.
  *
- * It drives the SDK's language model (`createOpenAICompatible(...).chatModel(id).doStream()`)
- * directly rather than through `streamText`: that is exactly one step with no tool execution, which
- * is all we ask of it, and it costs about a third of the CPU per token (streamText adds a dozen
- * web-stream hops, a tee and step recording per part — measured ~150 µs vs ~50 µs per token at 1000
- * concurrent streams). The SDK still does the HTTP, SSE parsing, chunk validation and error types.
+ * HTTP is node:http(s) with a keep-alive agent, the event stream is read with `eventsource-parser`
+ * (openai-stream.ts). This used to be the AI SDK (`@ai-sdk/openai-compatible`, its model's
+ * `doStream`), which cost ~45 µs of CPU per token at 100 concurrent streams — half of all the
+ * gateway's work: fetch's web streams, four TransformStreams and a zod validation per chunk. Read
+ * straight off the socket, a token costs a few µs (bench/RESULTS.md).
+ *
+ * This is also where deltas are coalesced: everything one socket read brought (several tokens when
+ * the server is busy) becomes one chunk, so one event and one frame per watcher — below one write per
+ * token, which is what lets a loaded gateway keep up instead of queueing.
  *
  * Timeouts, retries and error mapping are ours: a retry is only safe before the first chunk reached
  * the caller, and only we know when that is.
  */
-import { createOpenAICompatible, type OpenAICompatibleProvider as SdkProvider } from '@ai-sdk/openai-compatible';
-import { APICallError, AISDKError, InvalidArgumentError, InvalidPromptError, UnsupportedFunctionalityError } from 'ai';
+import http from 'node:http';
+import https from 'node:https';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config, ProviderConfig } from '../config/config.ts';
 import { AppError } from '../domain/errors.ts';
-import type { LlmChunk, LlmMessage, LlmProvider, LlmRequest, LlmToolCall, LlmToolSpec, LlmUsage } from '../domain/llm.ts';
-
-// The SDK's model types, without importing its internal spec package.
-type ChatModel = ReturnType<SdkProvider['chatModel']>;
-type CallOptions = Parameters<ChatModel['doStream']>[0];
-type Prompt = CallOptions['prompt'];
-type ToolDefs = NonNullable<CallOptions['tools']>;
-type StreamPart = Awaited<ReturnType<ChatModel['doStream']>>['stream'] extends ReadableStream<infer P> ? P : never;
-type FinishPart = Extract<StreamPart, { type: 'finish' }>;
+import type { LlmChunk, LlmMessage, LlmProvider, LlmRequest, LlmToolSpec } from '../domain/llm.ts';
+import { OpenAiStreamReader, StreamFailure } from './openai-stream.ts';
 
 export interface OpenAiCompatibleOptions {
   name: string;
@@ -41,20 +38,19 @@ export interface OpenAiCompatibleOptions {
   maxRetries: number;
   /** first backoff between attempts; doubles each retry */
   retryDelayMs?: number;
-  /** replaces global fetch (tests, proxies) */
-  fetch?: typeof fetch;
 }
 
 type Failure = 'stall' | 'total' | null;
 
 const DEFAULT_MODEL = 'gpt-4o-mini';
-const noop = () => {};
 
 export class OpenAiCompatibleProvider implements LlmProvider {
   readonly name: string;
-  private readonly sdk: SdkProvider;
-  private readonly models = new Map<string, ChatModel>();
-  private readonly toolDefs = new WeakMap<LlmToolSpec[], ToolDefs>();
+  private readonly url: URL;
+  private readonly agent: http.Agent;
+  private readonly send: typeof http.request;
+  private readonly headers: Record<string, string>;
+  private readonly toolDefs = new WeakMap<LlmToolSpec[], unknown[]>();
   private readonly defaultModel: string;
   private readonly apiKey: string;
 
@@ -62,13 +58,16 @@ export class OpenAiCompatibleProvider implements LlmProvider {
     this.name = options.name;
     this.defaultModel = options.model ?? DEFAULT_MODEL;
     this.apiKey = options.apiKey ?? '';
-    this.sdk = createOpenAICompatible({
-      name: options.name,
-      baseURL: options.baseUrl.replace(/\/+$/, ''),
-      ...(options.apiKey ? { apiKey: options.apiKey } : {}),
-      includeUsage: true,
-      ...(options.fetch ? { fetch: options.fetch } : {}),
-    });
+    this.url = new URL(`${options.baseUrl.replace(/\/+$/, '')}/chat/completions`);
+    const secure = this.url.protocol === 'https:';
+    this.send = secure ? https.request : http.request;
+    // keep-alive: a turn costs no TCP (or TLS) handshake once the pool is warm
+    this.agent = secure ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true });
+    this.headers = {
+      'content-type': 'application/json',
+      accept: 'text/event-stream',
+      ...(this.apiKey ? { authorization: `Bearer ${this.apiKey}` } : {}),
+    };
   }
 
   static fromConfig(name: string, provider: ProviderConfig, llm: Config['llm']): OpenAiCompatibleProvider {
@@ -88,13 +87,15 @@ export class OpenAiCompatibleProvider implements LlmProvider {
     if (signal.aborted) return;
     const { requestTimeoutMs, stallTimeoutMs, maxRetries, retryDelayMs = 250 } = this.options;
     const deadline = Date.now() + requestTimeoutMs;
-    const model = this.model(request.model ?? this.defaultModel);
-    const options: CallOptions = {
-      prompt: toPrompt(request.messages),
+    const body = JSON.stringify({
+      model: request.model ?? this.defaultModel,
+      messages: toOpenAiMessages(request.messages),
       ...(request.tools?.length ? { tools: this.tools(request.tools) } : {}),
       ...(request.temperature !== undefined ? { temperature: request.temperature } : {}),
-      ...(request.maxTokens !== undefined ? { maxOutputTokens: request.maxTokens } : {}),
-    };
+      ...(request.maxTokens !== undefined ? { max_tokens: request.maxTokens } : {}),
+      stream: true,
+      stream_options: { include_usage: true },
+    });
 
     // One controller per attempt; the caller's signal and our timer abort the current one.
     let controller = new AbortController();
@@ -103,7 +104,7 @@ export class OpenAiCompatibleProvider implements LlmProvider {
     // while the consumer holds a chunk we are not waiting on upstream: no stall, only the deadline
     let paused = false;
     let timer: NodeJS.Timeout | undefined;
-    // One timer per attempt, re-armed lazily: chunks only stamp `lastPartAt` (no timer churn per chunk).
+    // One timer per attempt, re-armed lazily: reads only stamp `lastPartAt` (no timer churn per read).
     const tick = () => {
       const now = Date.now();
       const stallAt = paused ? now + stallTimeoutMs : lastPartAt + stallTimeoutMs;
@@ -118,73 +119,58 @@ export class OpenAiCompatibleProvider implements LlmProvider {
     signal.addEventListener('abort', onCallerAbort, { once: true });
 
     let yielded = false;
+    // the answer arrived whole: the request is left to end by itself, so its socket goes back to the pool
+    let clean = false;
     try {
       for (let attempt = 0; ; attempt++) {
         if (attempt > 0) controller = new AbortController();
         failure = null;
         lastPartAt = Date.now();
         timer = setTimeout(tick, Math.min(deadline - lastPartAt, stallTimeoutMs));
-        let reader: ReadableStreamDefaultReader<StreamPart> | undefined;
+        let response: http.IncomingMessage | undefined;
         let error: unknown;
-        let finished = false;
         try {
-          options.abortSignal = controller.signal;
-          // throws on an HTTP error; the stall timer already runs (a silent connect counts too)
-          reader = (await model.doStream(options)).stream.getReader();
-          for (;;) {
-            const next = await reader.read();
-            if (next.done) break;
-            const part = next.value;
+          // rejects on an HTTP error status; the stall timer already runs (a silent connect counts too)
+          response = await this.post(body, controller.signal);
+          const reader = new OpenAiStreamReader();
+          const incoming = new BodyReader(response);
+          for (let text = await incoming.read(); text !== null; text = await incoming.read()) {
             lastPartAt = Date.now();
-            let chunk: LlmChunk;
-            switch (part.type) {
-              case 'text-delta':
-                if (!part.delta) continue;
-                chunk = { type: 'text', text: part.delta };
-                break;
-              case 'reasoning-delta':
-                if (!part.delta) continue;
-                chunk = { type: 'reasoning', text: part.delta };
-                break;
-              case 'tool-call':
-                chunk = { type: 'tool_call', call: toToolCall(part.toolCallId, part.toolName, part.input) };
-                break;
-              case 'finish':
-                chunk = { type: 'finish', reason: toFinishReason(part.finishReason.unified), usage: toUsage(part.usage) };
-                finished = true;
-                break;
-              case 'error':
-                // a chunk that failed validation, or an error object inside the stream
-                throw part.error;
-              default:
-                continue;
+            const chunks = reader.feed(text);
+            if (chunks.length) {
+              yielded = true;
+              paused = true;
+              for (const chunk of chunks) yield chunk;
+              paused = false;
+              lastPartAt = Date.now();
             }
-            yielded = true;
-            if (finished) {
-              clearTimeout(timer);
-              yield chunk;
-              return;
-            }
-            paused = true;
-            yield chunk;
-            paused = false;
-            lastPartAt = Date.now();
+            const failed = reader.failed();
+            if (failed) throw failed;
+            // after [DONE] the body has usually ended already: reading on to its end frees the socket now
+            if (reader.done && !response.complete) break;
           }
-          throw new AppError('upstream_error', 'upstream stream ended without a finish');
+          const tail = reader.end();
+          clearTimeout(timer);
+          clean = true;
+          for (const chunk of tail) yield chunk;
+          return;
         } catch (err) {
           error = err;
         } finally {
           clearTimeout(timer);
-          // abort first: it ends a pending upstream read, so cancelling the reader cannot hang
-          controller.abort();
-          reader?.cancel().catch(noop);
+          if (clean) drain(response!);
+          else {
+            // ends a pending read and the request; the socket is not reused
+            controller.abort();
+            response?.destroy();
+          }
         }
 
         if (signal.aborted) return;
-        const appError = this.toAppError(error, failure);
-        const retryable = failure !== 'total' && isRetryable(error);
-        const wait = retryDelay(error, retryDelayMs * 2 ** attempt);
-        if (yielded || !retryable || attempt >= maxRetries || Date.now() + wait >= deadline) throw appError;
+        const upstream = this.toUpstreamError(error, failure);
+        if (yielded || !upstream.retryable || attempt >= maxRetries) throw upstream.error;
+        const wait = upstream.retryAfterMs ?? retryDelayMs * 2 ** attempt;
+        if (Date.now() + wait >= deadline) throw upstream.error;
         try {
           await sleep(wait, undefined, { signal });
         } catch {
@@ -193,48 +179,73 @@ export class OpenAiCompatibleProvider implements LlmProvider {
       }
     } finally {
       clearTimeout(timer);
-      controller.abort();
+      if (!clean) controller.abort();
       signal.removeEventListener('abort', onCallerAbort);
     }
   }
 
-  private model(id: string): ChatModel {
-    let model = this.models.get(id);
-    if (!model) {
-      model = this.sdk.chatModel(id);
-      this.models.set(id, model);
-    }
-    return model;
+  /**
+   * POSTs the request; resolves with a 2xx response (decoding UTF-8), rejects with an HttpStatusError
+   * (its body read, bounded) or the connection's error. A kept-alive socket the upstream closed
+   * meanwhile is retried at once on a fresh one: that is not the upstream failing.
+   */
+  private post(body: string, signal: AbortSignal, fresh = false): Promise<http.IncomingMessage> {
+    return new Promise((resolve, reject) => {
+      let answered = false;
+      const req = this.send(this.url, { method: 'POST', agent: this.agent, headers: { ...this.headers, 'content-length': Buffer.byteLength(body) }, signal }, (res) => {
+        answered = true;
+        const status = res.statusCode ?? 0;
+        if (status >= 200 && status < 300) {
+          res.setEncoding('utf8');
+          resolve(res);
+          return;
+        }
+        readBounded(res, 64 * 1024).then((text) => reject(new HttpStatusError(status, text, res.headers['retry-after'])), reject);
+      });
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        // only before any answer: an error after it (the body broke off) is the stream's, not the connection's
+        if (!answered && !fresh && req.reusedSocket && (err.code === 'ECONNRESET' || err.code === 'EPIPE') && !signal.aborted) {
+          this.post(body, signal, true).then(resolve, reject);
+        } else reject(err);
+      });
+      req.end(body);
+    });
   }
 
   /** Tool definitions are cached per spec array: runtimes pass the same array on every call of a turn. */
-  private tools(specs: LlmToolSpec[]): ToolDefs {
+  private tools(specs: LlmToolSpec[]): unknown[] {
     let defs = this.toolDefs.get(specs);
     if (!defs) {
-      defs = specs.map((spec) => ({ type: 'function', name: spec.name, description: spec.description, inputSchema: spec.parameters }));
+      defs = specs.map((spec) => ({ type: 'function', function: { name: spec.name, description: spec.description, parameters: spec.parameters } }));
       this.toolDefs.set(specs, defs);
     }
     return defs;
   }
 
-  private toAppError(err: unknown, failure: Failure): AppError {
-    if (failure === 'total') return new AppError('upstream_timeout', `${this.name}: no complete answer within ${this.options.requestTimeoutMs / 1000} s`);
-    if (failure === 'stall') return new AppError('upstream_timeout', `${this.name}: stream stalled for ${this.options.stallTimeoutMs / 1000} s`);
-    if (err instanceof AppError) return err;
-    if (isOurFault(err)) return new AppError('internal', undefined, { cause: err });
+  /** The AppError to report, whether another attempt may help, and how long the upstream asked us to wait. */
+  private toUpstreamError(err: unknown, failure: Failure): { error: AppError; retryable: boolean; retryAfterMs?: number | undefined } {
+    if (failure === 'total') return { error: new AppError('upstream_timeout', `${this.name}: no complete answer within ${this.options.requestTimeoutMs / 1000} s`), retryable: false };
+    if (failure === 'stall') return { error: new AppError('upstream_timeout', `${this.name}: stream stalled for ${this.options.stallTimeoutMs / 1000} s`), retryable: true };
+    if (err instanceof AppError) return { error: err, retryable: false };
     let message: string;
-    if (APICallError.isInstance(err)) {
-      const status = err.statusCode;
-      if (status === undefined) message = `${this.name}: upstream unreachable: ${err.message}`;
-      else if (status >= 400) message = `${this.name}: upstream HTTP ${status}: ${err.message}`;
-      // a 2xx whose body broke off (connection reset mid-stream)
-      else message = `${this.name}: upstream stream broke off: ${err.cause instanceof Error ? err.cause.message : err.message}`;
-    } else if (AISDKError.isInstance(err)) {
-      message = `${this.name}: malformed upstream stream: ${err.message}`;
+    let retryable = true;
+    let retryAfterMs: number | undefined;
+    if (err instanceof HttpStatusError) {
+      message = `${this.name}: upstream HTTP ${err.status}: ${err.detail}`;
+      // 408/409/429/5xx are worth another attempt; other 4xx are not
+      retryable = err.status === 408 || err.status === 409 || err.status === 429 || err.status >= 500;
+      retryAfterMs = err.retryAfterMs;
+    } else if (err instanceof StreamFailure) {
+      message = err.kind === 'malformed' ? `${this.name}: malformed upstream stream: ${err.message}` : `${this.name}: ${err.message}`;
+    } else if (err instanceof BodyBrokeOff) {
+      message = `${this.name}: upstream stream broke off: ${err.message}`;
     } else {
-      message = `${this.name}: upstream failed: ${err instanceof Error ? err.message : String(err)}`;
+      // no answer at all: the connection failed
+      const e = err as NodeJS.ErrnoException;
+      const what = e?.code ? `${e.code}${e.message && !e.message.includes(e.code) ? ` (${e.message})` : ''}` : String(e?.message ?? err);
+      message = `${this.name}: upstream unreachable: ${what}`;
     }
-    return new AppError('upstream_error', this.redact(message.slice(0, 500)), { cause: err });
+    return { error: new AppError('upstream_error', this.redact(message.slice(0, 500)), { cause: err }), retryable, retryAfterMs };
   }
 
   private redact(text: string): string {
@@ -242,70 +253,132 @@ export class OpenAiCompatibleProvider implements LlmProvider {
   }
 }
 
-/** HTTP 408/409/429/5xx, network failures, stalls and broken streams are worth another attempt; 4xx are not. */
-function isRetryable(err: unknown): boolean {
-  if (APICallError.isInstance(err)) return err.isRetryable || (err.statusCode !== undefined && err.statusCode < 400);
-  return !isOurFault(err);
-}
+/** An upstream answer with a non-2xx status. */
+class HttpStatusError extends Error {
+  readonly detail: string;
+  /** a short Retry-After (≤ 30 s) from a 429/503, in ms */
+  readonly retryAfterMs: number | undefined;
 
-/** The SDK refused our request before sending it: a bug here, not an upstream problem. */
-function isOurFault(err: unknown): boolean {
-  return InvalidPromptError.isInstance(err) || InvalidArgumentError.isInstance(err) || UnsupportedFunctionalityError.isInstance(err);
-}
-
-/** Honours a short Retry-After (seconds) from a 429/503; otherwise the exponential backoff. */
-function retryDelay(err: unknown, backoffMs: number): number {
-  if (APICallError.isInstance(err)) {
-    const after = Number(err.responseHeaders?.['retry-after']);
-    if (after > 0 && after <= 30) return after * 1000;
+  constructor(readonly status: number, body: string, retryAfter: string | undefined) {
+    super(`HTTP ${status}`);
+    this.detail = errorDetail(body);
+    const after = Number(retryAfter);
+    this.retryAfterMs = after > 0 && after <= 30 ? after * 1000 : undefined;
   }
-  return backoffMs;
 }
 
-function toToolCall(id: string, name: string, input: string): LlmToolCall {
-  if (!input.trim()) return { id, name, args: {} };
+/** The message of an OpenAI error body (`{"error":{"message":…}}`), or the start of whatever else came. */
+function errorDetail(body: string): string {
   try {
-    const args: unknown = JSON.parse(input);
-    if (typeof args === 'object' && args !== null && !Array.isArray(args)) return { id, name, args: args as Record<string, unknown> };
+    const parsed = JSON.parse(body) as { error?: { message?: unknown } | string; message?: unknown };
+    const e = parsed.error;
+    if (typeof e === 'string') return e;
+    if (typeof e?.message === 'string') return e.message;
+    if (typeof parsed.message === 'string') return parsed.message;
   } catch {
-    // fall through: the runtime decides what to tell the model about unparseable arguments
+    // not JSON
   }
-  return { id, name, args: {}, rawArgs: input };
+  return body.trim().slice(0, 200) || '(empty body)';
 }
 
-function toFinishReason(reason: FinishPart['finishReason']['unified']): 'stop' | 'length' | 'tool_calls' | 'other' {
-  switch (reason) {
-    case 'stop': return 'stop';
-    case 'length': return 'length';
-    case 'tool-calls': return 'tool_calls';
-    default: return 'other';
+/** The body of a 2xx answer ended before its end (the connection reset or closed). */
+class BodyBrokeOff extends Error {}
+
+/**
+ * A streaming response body as text, read off its 'data' events: what arrived since the last
+ * `read()` comes back joined — several tokens at once under load, and one promise per wait rather
+ * than the stream async iterator's several per read. Pauses the socket while 64 pieces wait.
+ */
+class BodyReader {
+  private pieces: string[] = [];
+  private ended = false;
+  private error: Error | null = null;
+  private wake: (() => void) | null = null;
+
+  constructor(private readonly response: http.IncomingMessage) {
+    response.on('data', (text: string) => {
+      this.pieces.push(text);
+      if (this.pieces.length >= 64) response.pause();
+      this.notify();
+    });
+    response.on('end', () => {
+      this.ended = true;
+      this.notify();
+    });
+    response.on('error', (err) => {
+      this.error ??= new BodyBrokeOff(err.message);
+      this.notify();
+    });
+    response.on('close', () => {
+      // closed before its end without an error of its own
+      if (!this.ended) this.error ??= new BodyBrokeOff('aborted');
+      this.notify();
+    });
+  }
+
+  /** The text that arrived (what came before a failure first), null at the end of the body; throws when the body broke off. */
+  async read(): Promise<string | null> {
+    while (this.pieces.length === 0) {
+      if (this.error) throw this.error;
+      if (this.ended) return null;
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+      });
+    }
+    const text = this.pieces.length === 1 ? this.pieces[0]! : this.pieces.join('');
+    this.pieces = [];
+    if (this.response.isPaused()) this.response.resume();
+    return text;
+  }
+
+  private notify(): void {
+    const wake = this.wake;
+    this.wake = null;
+    wake?.();
   }
 }
 
-function toUsage(usage: FinishPart['usage']): LlmUsage {
-  const prompt = usage.inputTokens.total ?? 0;
-  const completion = usage.outputTokens.total ?? 0;
-  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
+/**
+ * Reads what is left of a finished answer (the end of the body after `[DONE]`, usually already
+ * parsed), so the response ends and its socket goes back to the pool; gives up after 5 s.
+ */
+function drain(response: http.IncomingMessage): void {
+  if (response.destroyed || response.readableEnded) return;
+  if (!response.complete) {
+    const giveUp = setTimeout(() => response.destroy(), 5000);
+    giveUp.unref();
+    response.once('close', () => clearTimeout(giveUp));
+  }
+  response.resume();
 }
 
-/** LlmMessage[] → the SDK's model prompt (what streamText would build from ModelMessage[]). */
-export function toPrompt(messages: LlmMessage[]): Prompt {
-  return messages.map((m): Prompt[number] => {
+function readBounded(res: http.IncomingMessage, max: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    res.setEncoding('utf8');
+    res.on('data', (piece: string) => {
+      if (text.length < max) text += piece;
+    });
+    res.on('end', () => resolve(text.slice(0, max)));
+    res.on('error', reject);
+  });
+}
+
+/** LlmMessage[] → OpenAI chat messages. */
+export function toOpenAiMessages(messages: LlmMessage[]): unknown[] {
+  return messages.map((m) => {
     switch (m.role) {
       case 'system':
-        return { role: 'system', content: m.content };
       case 'user':
-        return { role: 'user', content: [{ type: 'text', text: m.content }] };
+        return { role: m.role, content: m.content };
       case 'assistant':
         return {
           role: 'assistant',
-          content: [
-            ...(m.content ? [{ type: 'text' as const, text: m.content }] : []),
-            ...(m.toolCalls ?? []).map((c) => ({ type: 'tool-call' as const, toolCallId: c.id, toolName: c.name, input: c.args })),
-          ],
+          content: m.content || null,
+          ...(m.toolCalls?.length ? { tool_calls: m.toolCalls.map((c) => ({ id: c.id, type: 'function', function: { name: c.name, arguments: JSON.stringify(c.args) } })) } : {}),
         };
       case 'tool':
-        return { role: 'tool', content: [{ type: 'tool-result', toolCallId: m.toolCallId, toolName: m.toolName, output: { type: 'text', value: m.content } }] };
+        return { role: 'tool', tool_call_id: m.toolCallId, content: m.content };
     }
   });
 }

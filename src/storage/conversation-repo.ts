@@ -48,11 +48,13 @@ export class ConversationRepo {
     });
   }
 
-  /** Creates the conversation unless it exists; returns the stored row either way. */
+  /**
+   * Creates the conversation unless it exists; returns the stored row either way. It is read first:
+   * one statement when it exists (every turn but the first). A writer racing the insert wins the
+   * conflict and its row is read again.
+   */
   async ensure(input: Omit<NewConversation, 'create_time' | 'update_time'>): Promise<ConversationRow> {
-    const t = now();
-    await this.db.insertInto('conversations').values({ ...input, create_time: t, update_time: t }).onConflict((oc) => oc.column('chat_id').doNothing()).execute();
-    return (await this.get(input.chat_id))!;
+    return (await this.get(input.chat_id)) ?? (await this.createIfAbsent(input)) ?? (await this.get(input.chat_id))!;
   }
 
   /** Soft-deleted rows are returned too; callers decide. */
@@ -98,9 +100,15 @@ export class ConversationRepo {
     await this.db.updateTable('conversations').set({ is_delete: 1, update_time: now() }).where('chat_id', '=', chatId).execute();
   }
 
-  /** Raises the stored seq high-water mark (never lowers it). */
-  async raiseSeq(chatId: string, seq: number): Promise<void> {
-    await this.db.updateTable('conversations').set({ last_seq: seq }).where('chat_id', '=', chatId).where('last_seq', '<', seq).execute();
+  /**
+   * Reserves the next `block` seqs in one atomic step (last_seq += block) and returns the stored
+   * high-water mark before them: the block is (mark, mark + block]. Undefined when the conversation
+   * does not exist. Concurrent reservations get disjoint blocks.
+   */
+  async reserveSeq(chatId: string, block: number): Promise<number | undefined> {
+    const row = await this.db.updateTable('conversations').set((eb) => ({ last_seq: eb('last_seq', '+', block) }))
+      .where('chat_id', '=', chatId).returning('last_seq').executeTakeFirst();
+    return row && row.last_seq - block;
   }
 
   /** Replaces a seq reservation by the real high-water mark once the turn has ended. */

@@ -32,7 +32,7 @@ export function dbTargets(): DbTarget[] {
 let warned = false;
 
 /** Creates a fresh PostgreSQL database for one test server; returns its URL and a dropper. */
-async function createPgDatabase(): Promise<{ url: string; drop: () => Promise<void> }> {
+export async function createPgDatabase(): Promise<{ url: string; drop: () => Promise<void> }> {
   const name = `parley_t_${process.pid}_${Math.random().toString(16).slice(2, 10)}`;
   const admin = new pg.Client({ connectionString: PG_URL });
   await admin.connect();

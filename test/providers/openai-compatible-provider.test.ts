@@ -51,12 +51,29 @@ const calculator: LlmToolSpec = {
 
 describe('OpenAiCompatibleProvider: streaming', () => {
   it('streams the text of the reply, then one finish with usage', async () => {
-    mock.enqueue({ text: 'Hello there, how are you?', usage: { prompt_tokens: 7, completion_tokens: 5 } });
+    // tokens 10 ms apart: each arrives in a read of its own, so each is a chunk of its own
+    mock.enqueue({ text: 'Hello there, how are you?', usage: { prompt_tokens: 7, completion_tokens: 5 }, delayMs: 10 });
     const chunks = await collect(provider().stream(request()));
     expect(text(chunks)).toBe('Hello there, how are you?');
     expect(chunks.filter((c) => c.type === 'text')).toHaveLength(5);
     expect(chunks.at(-1)).toEqual({ type: 'finish', reason: 'stop', usage: { prompt_tokens: 7, completion_tokens: 5, total_tokens: 12 } });
     expect(chunks.filter((c) => c.type === 'finish')).toHaveLength(1);
+  });
+
+  it('merges the tokens that arrive in one read into one chunk, in order', async () => {
+    const tokens = Array.from({ length: 40 }, (_, i) => ` w${i}`);
+    mock.enqueue({ text: tokens });
+    const chunks = await collect(provider().stream(request()));
+    expect(text(chunks)).toBe(tokens.join(''));
+    expect(chunks.filter((c) => c.type === 'text').length).toBeLessThan(tokens.length / 2);
+  });
+
+  it('reuses its kept-alive connection for the next call', async () => {
+    const p = provider();
+    mock.enqueue({ text: 'one' }, { text: 'two' });
+    expect(text(await collect(p.stream(request())))).toBe('one');
+    expect(text(await collect(p.stream(request())))).toBe('two');
+    expect(mock.connections).toBe(1);
   });
 
   it('streams reasoning deltas before the text', async () => {

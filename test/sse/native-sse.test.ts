@@ -58,7 +58,7 @@ describe('native SSE: POST /api/v1/chat/{app_id}/completions', () => {
   beforeEach(() => mock.reset());
 
   it('streams a whole turn as `event: message` / `id: <seq>` / `data: <frame>`, then ends after processing/close', async () => {
-    mock.enqueue({ text: 'Hello big world' });
+    mock.enqueue({ text: 'Hello big world', delayMs: 10 }); // tokens apart: a frame each
     const chatId = newChatId();
     const r = await post({ inputs: { input: 'hi' }, chat_id: chatId });
     expect(r.response.status).toBe(200);

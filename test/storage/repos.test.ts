@@ -1,9 +1,13 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import SqliteDatabase from 'better-sqlite3';
+import { Kysely, SqliteDialect, sql, type Generated } from 'kysely';
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { newId } from '../../src/domain/types.ts';
+import { cachingStatements, openDb, STATEMENT_CACHE_SIZE } from '../../src/storage/db.ts';
 import type { Repos } from '../../src/storage/repos.ts';
 import type { AppRow } from '../../src/storage/tables.ts';
 import { demoApp, seedConversation } from '../helpers/seed.ts';
-import { dbTargets, startServer, type TestServer } from '../helpers/server.ts';
+import { createPgDatabase, dbTargets, startServer, type TestServer } from '../helpers/server.ts';
 
 /** The repository contract: the same behaviour on every database, against its real migrations. */
 describe.each(dbTargets())('repositories on $name', (target) => {
@@ -48,12 +52,14 @@ describe.each(dbTargets())('repositories on $name', (target) => {
     expect(await repos.apps.getVersion(a.id, 3)).toBeUndefined();
   });
 
-  it('conversations: create/ensure, list with latest messages, soft delete, raiseSeq never lowers', async () => {
+  it('conversations: create/ensure, list with latest messages, soft delete', async () => {
     const user = await newUser();
     const base = { flow_id: app.id, flow_type: 15, flow_name: app.name, user_id: user.id };
     const c1 = await repos.conversations.create({ ...base, chat_id: newId(), name: 'one' });
     expect(await repos.conversations.ensure({ ...base, chat_id: c1.chat_id, name: 'renamed?' })).toEqual(c1);
     const c2 = await repos.conversations.ensure({ ...base, chat_id: newId(), name: 'two' });
+    expect(c2).toMatchObject({ ...base, name: 'two', last_seq: 0, is_delete: 0 });
+    expect(await repos.conversations.get(c2.chat_id)).toEqual(c2);
     const [q, a] = await repos.messages.insertMany([row(c1.chat_id, user.id, 'question'), row(c1.chat_id, user.id, 'answer'), row(c1.chat_id, user.id, 'input')]);
     const { list, total } = await repos.conversations.list({ userId: user.id, page: 1, limit: 10 });
     expect(total).toBe(2);
@@ -66,9 +72,35 @@ describe.each(dbTargets())('repositories on $name', (target) => {
     await repos.conversations.softDelete(c2.chat_id);
     expect((await repos.conversations.list({ userId: user.id, page: 1, limit: 10 })).total).toBe(1);
     expect((await repos.conversations.get(c2.chat_id))!.is_delete).toBe(1);
+  });
 
-    for (const seq of [5, 3, 7, 6]) await repos.conversations.raiseSeq(c1.chat_id, seq);
-    expect((await repos.conversations.get(c1.chat_id))!.last_seq).toBe(7);
+  it('conversations: ensure of one new chat_id by racing writers yields one row for all', async () => {
+    const user = await newUser();
+    const chatId = newId();
+    const rows = await Promise.all(['a', 'b', 'c', 'd'].map((name) => repos.conversations.ensure({ chat_id: chatId, name, flow_id: app.id, flow_type: 15, flow_name: app.name, user_id: user.id })));
+    for (const r of rows) expect(r).toEqual(rows[0]);
+    expect(await repos.conversations.get(chatId)).toEqual(rows[0]);
+  });
+
+  it('conversations: reserveSeq reserves disjoint blocks atomically; settleSeq compare-and-sets', async () => {
+    const user = await newUser();
+    const c = await repos.conversations.create({ chat_id: newId(), name: 'seq', flow_id: app.id, flow_type: 15, flow_name: app.name, user_id: user.id });
+    const lastSeq = async () => (await repos.conversations.get(c.chat_id))!.last_seq;
+    expect(await repos.conversations.reserveSeq(c.chat_id, 100)).toBe(0);
+    expect(await lastSeq()).toBe(100);
+    await repos.conversations.settleSeq(c.chat_id, 100, 7);
+    expect(await lastSeq()).toBe(7);
+    // a reservation that was superseded is not settled
+    await repos.conversations.settleSeq(c.chat_id, 100, 3);
+    expect(await lastSeq()).toBe(7);
+    expect(await repos.conversations.reserveSeq(c.chat_id, 100)).toBe(7);
+    // an unsettled block (a crash) is never reused
+    expect(await repos.conversations.reserveSeq(c.chat_id, 100)).toBe(107);
+
+    const floors = await Promise.all(Array.from({ length: 8 }, () => repos.conversations.reserveSeq(c.chat_id, 10)));
+    expect([...floors].sort((a, b) => a! - b!)).toEqual([207, 217, 227, 237, 247, 257, 267, 277]);
+    expect(await lastSeq()).toBe(287);
+    expect(await repos.conversations.reserveSeq(newId(), 10)).toBeUndefined();
   });
 
   it('conversations: copy duplicates counters and messages, re-linking parents', async () => {
@@ -173,5 +205,131 @@ describe.each(dbTargets())('repositories on $name', (target) => {
     expect(await repos.settings.getOrInit('contract_key', 'z')).toBe(values[0]);
     expect(await repos.settings.get('contract_key')).toBe(values[0]);
     expect(await repos.settings.get('missing_key')).toBeUndefined();
+  });
+
+  if (target.name === 'postgres') it('PostgreSQL: idle connections the server terminates are replaced; close lets every connection go', async () => {
+    const database = await createPgDatabase();
+    const admin = new pg.Client({ connectionString: process.env.PARLEY_TEST_PG_URL });
+    await admin.connect();
+    try {
+      const idleErrors: Error[] = [];
+      const db = openDb({ url: database.url, dataDir: '', onIdleError: (err) => idleErrors.push(err) });
+      const backends = async () => (await sql<{ pid: number }>`select pg_backend_pid() as pid, pg_sleep(0.05)`.execute(db.kysely)).rows[0]!.pid;
+      // three connections at once, then all idle
+      const pids = await Promise.all([backends(), backends(), backends()]);
+      expect(new Set(pids).size).toBe(3);
+      await admin.query('select pg_terminate_backend(pid) from unnest($1::int[]) as pid', [pids]);
+      await vi.waitFor(() => expect(idleErrors).toHaveLength(3), { timeout: 5000 });
+      for (const err of idleErrors) expect(err.message).toMatch(/terminat/);
+      // the pool opened new ones and the process is still here
+      expect(pids).not.toContain(await backends());
+      await Promise.all([backends(), backends()]);
+      await db.close();
+      // close waited for the goodbyes: no backend is left on the database (a plain DROP fails otherwise)
+      await admin.query(`drop database ${new URL(database.url).pathname.slice(1)}`);
+    } finally {
+      await admin.end();
+      await database.drop();
+    }
+  });
+});
+
+/** The prepared-statement cache openDb gives Kysely on SQLite. */
+describe('SQLite statement cache', () => {
+  interface T { t: { id: Generated<number>; name: string } }
+  let sqlite: SqliteDatabase.Database;
+  const open = (max?: number) => {
+    sqlite = new SqliteDatabase(':memory:');
+    sqlite.exec('create table t (id integer primary key, name text not null unique)');
+    const prepare = vi.spyOn(sqlite, 'prepare');
+    const database = cachingStatements(sqlite, max);
+    return { database, prepare, db: new Kysely<T>({ dialect: new SqliteDialect({ database }) }) };
+  };
+  afterEach(() => {
+    if (sqlite.open) sqlite.close();
+  });
+
+  it('prepares each SQL text once; reuses give correct, independent results', async () => {
+    const { database, prepare, db } = open();
+    expect(database.max).toBe(STATEMENT_CACHE_SIZE);
+    for (const name of ['a', 'b', 'c']) {
+      const r = await db.insertInto('t').values({ name }).executeTakeFirstOrThrow();
+      expect(r.numInsertedOrUpdatedRows).toBe(1n);
+    }
+    const byName = (name: string) => db.selectFrom('t').selectAll().where('name', '=', name).execute();
+    const a = await byName('a');
+    const b = await byName('b');
+    expect(a).toEqual([{ id: 1, name: 'a' }]);
+    expect(b).toEqual([{ id: 2, name: 'b' }]);
+    a[0]!.name = 'changed';
+    a.push({ id: 9, name: 'x' });
+    expect(await byName('a')).toEqual([{ id: 1, name: 'a' }]);
+    expect(await byName('zzz')).toEqual([]);
+    // the same UPDATE run again reports its own changes
+    const rename = (from: string, to: string) => db.updateTable('t').set({ name: to }).where('name', '=', from).executeTakeFirstOrThrow();
+    expect((await rename('c', 'd')).numUpdatedRows).toBe(1n);
+    expect((await rename('c', 'd')).numUpdatedRows).toBe(0n);
+    // a statement that failed (unique name) is usable again
+    await expect(rename('a', 'b')).rejects.toThrow(/UNIQUE/);
+    expect((await rename('a', 'e')).numUpdatedRows).toBe(1n);
+    expect(database.prepare('select 1').reader).toBe(true);
+    expect(database.prepare('select 1')).toBe(database.prepare('select 1'));
+    // insert, select, update (and `select 1`): one prepare each
+    expect(prepare).toHaveBeenCalledTimes(4);
+    expect(database.size).toBe(4);
+  });
+
+  it('keeps at most `max` statements, least recently used evicted first; evicted SQL still runs', async () => {
+    const { database, prepare, db } = open(3);
+    await db.insertInto('t').values([{ name: 'a' }, { name: 'b' }, { name: 'c' }, { name: 'd' }]).execute();
+    // every list length is another SQL text
+    const among = async (ids: number[]) => (await db.selectFrom('t').select('name').where('id', 'in', ids).orderBy('id').execute()).map((r) => r.name);
+    const hot = () => db.selectFrom('t').select('name').where('id', '=', 1).executeTakeFirstOrThrow();
+    for (let n = 1; n <= 4; n++) {
+      expect(await among(Array.from({ length: n }, (_, i) => i + 1))).toEqual(['a', 'b', 'c', 'd'].slice(0, n));
+      expect((await hot()).name).toBe('a');
+      expect(database.size).toBeLessThanOrEqual(3);
+    }
+    expect(database.size).toBe(3);
+    // the `hot` statement stayed cached throughout; `in (?)` was evicted and is prepared again
+    const hotSql = prepare.mock.calls.filter(([s]) => /"id" = \?/.test(s)).length;
+    expect(hotSql).toBe(1);
+    expect(await among([2])).toEqual(['b']);
+    expect(database.size).toBe(3);
+    expect(() => cachingStatements(sqlite, 0)).toThrow(RangeError);
+  });
+
+  it('a stream never shares its statement with a query of the same SQL', async () => {
+    const { database, db } = open();
+    await db.insertInto('t').values([{ name: 'a' }, { name: 'b' }, { name: 'c' }]).execute();
+    // Kysely holds the connection while it streams; the wrapper must not rely on that
+    const text = 'select name from t order by id';
+    const seen: unknown[] = [];
+    for (const row of database.prepare(text).iterate([])) {
+      seen.push(row);
+      expect(database.prepare(text).all([])).toHaveLength(3);
+    }
+    expect(seen).toEqual([{ name: 'a' }, { name: 'b' }, { name: 'c' }]);
+    // a stream left early, then the same SQL again
+    const all = () => db.selectFrom('t').select('name').orderBy('id');
+    for await (const row of all().stream()) {
+      expect(row.name).toBe('a');
+      break;
+    }
+    const names = [];
+    for await (const row of all().stream()) names.push(row.name);
+    expect(names).toEqual(['a', 'b', 'c']);
+    const twice = await Promise.all([all().execute(), all().execute()]);
+    expect(twice[0]).toEqual([{ name: 'a' }, { name: 'b' }, { name: 'c' }]);
+    expect(twice[0]).toEqual(twice[1]);
+    expect(twice[0]).not.toBe(twice[1]);
+  });
+
+  it('destroy closes the database', async () => {
+    const { database, db } = open();
+    await sql`select 1`.execute(db);
+    await db.destroy();
+    expect(sqlite.open).toBe(false);
+    expect(database.size).toBe(0);
   });
 });

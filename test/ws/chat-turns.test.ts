@@ -145,7 +145,8 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
     it('chat app: documented frame order, Bisheng fields, seq, end_cover = deltas, stored question and answer', async () => {
       const chatId = newChatId();
       const ws = await connect(chatApp, chatId);
-      mock.enqueue({ text: 'Hello there, how are you?', usage: { prompt_tokens: 7, completion_tokens: 6 } });
+      // tokens 10 ms apart: each arrives on its own, so each is a frame of its own
+      mock.enqueue({ text: 'Hello there, how are you?', usage: { prompt_tokens: 7, completion_tokens: 6 }, delayMs: 10 });
       const frames = await ask(ws, 'Hi!');
 
       expectWellFormedTurn(frames, chatId, chatApp);
@@ -236,6 +237,17 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
       const ctx = lastRequestMessages();
       expect(ctx.map((m) => m.role)).toEqual(['system', 'user', 'assistant', 'tool', 'assistant', 'user']);
       expect(ctx[3]).toMatchObject({ role: 'tool', content: '42' });
+    });
+
+    it('deltas that arrive together go out as one frame: fewer frames than tokens, same text, in order', async () => {
+      const ws = await connect(chatApp, newChatId());
+      const tokens = Array.from({ length: 64 }, (_, i) => ` t${i}`);
+      mock.enqueue({ text: tokens });
+      const frames = await ask(ws, 'Hi!');
+      const streams = frames.filter(isStream);
+      expect(streamedText(frames)).toBe(tokens.join(''));
+      expect(streams.length).toBeLessThan(tokens.length / 2);
+      expect(frames.find((f) => f.type === 'end_cover')!.message).toBe(tokens.join(''));
     });
 
     it('reasoning deltas arrive as reasoning_content', async () => {

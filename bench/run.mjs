@@ -35,7 +35,7 @@ if (PROFILE) PHASES.add('profile');
 const IDLE_N = Number(env.BENCH_IDLE ?? (QUICK ? 2000 : 10_000));
 const PG_URL = env.BENCH_PG_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
 const RESULTS_MD = env.BENCH_RESULTS ? path.resolve(env.BENCH_RESULTS) : path.join(HERE, 'RESULTS.md');
-const TOKENS = 200;
+const TOKENS = Number(env.BENCH_TOKENS ?? 200); // answer length of the stream and saturation phases (200 in every reported figure; fewer for quick latency studies)
 const TOKEN = ' tok';
 const TURN_TOKENS = Number(env.BENCH_TURN_TOKENS ?? 20);
 const ADMIN_PASSWORD = 'bench-admin-password';

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { setImmediate } from 'node:timers/promises';
 import { RateLimiterMemory } from 'rate-limiter-flexible';
 import type { AppService } from '../apps/app-service.ts';
 import { authorizeAppChat } from '../auth/policy.ts';
@@ -14,7 +15,8 @@ import type { WorkflowExecutor } from '../runtimes/workflow/executor.ts';
 import { answerText, checkAnswer } from '../runtimes/workflow/input-requests.ts';
 import { isRecord, type JsonValue } from '../runtimes/workflow/workflow-graph.ts';
 import type { Repos } from '../storage/repos.ts';
-import type { AppRow, ConversationRow, MessageRow, NewMessage } from '../storage/tables.ts';
+import type { ContextRow } from '../storage/message-repo.ts';
+import type { AppRow, ConversationRow, NewMessage } from '../storage/tables.ts';
 import { BREAK_ANSWER, buildContext, CLEAR_MARKER, questionText } from './context.ts';
 import { titleFrom } from './conversation-service.ts';
 import { Moderation } from './moderation.ts';
@@ -111,7 +113,7 @@ interface TurnIds {
 
 type TurnEmit = (body: ChatEventBody) => void;
 /** What a chat answer starts from: its stored question, the context, and the input review's reply if it blocked the question. */
-type ChatState = { questionId: number | null; history: LlmMessage[]; blocked: string | null };
+type ChatState = { questionId: Promise<number | null>; history: LlmMessage[]; blocked: string | null };
 /** What a turn does between processing/begin and processing/close; what it returns goes into the close frame's `extra`. */
 type TurnWork = (emit: TurnEmit) => Promise<Record<string, unknown> | void>;
 
@@ -224,9 +226,7 @@ export class ChatService implements TurnControl {
     const turn = this.take(key, principal.id);
 
     let conv: ConversationRow | null = null;
-    let questionId: number | null = null;
     let history: LlmMessage[] = input.history ?? [];
-    let fromSeq: number;
     const blocked = this.moderation.checkInput(input.text);
     try {
       await this.consumeRate(principal.id);
@@ -234,22 +234,48 @@ export class ChatService implements TurnControl {
         conv = await this.ensureConversation(principal, target, input.text);
         const window = target.spec.history_window ?? this.deps.config.chat.max_history_messages;
         // the context is read before the question is stored, so it holds only earlier messages
-        if (!input.history) history = window > 0 ? buildContext(await this.deps.repos.messages.latest(target.chatId, window * 2 + 10), window) : [];
-        const q = await this.deps.repos.messages.insert({
-          ...this.rowBase(this.idsOf(principal, target), turn.turnId), is_bot: 0, type: 'human', category: 'question',
-          message: JSON.stringify(input.inputs), sensitive_status: blocked ? 2 : 1,
-        });
-        questionId = q.id;
-        if (blocked) await this.deps.repos.conversations.update(target.chatId, { sensitive_status: 2 });
+        if (!input.history) history = window > 0 ? buildContext(await this.deps.repos.messages.context(target.chatId, window * 2 + 10), window) : [];
       }
-      fromSeq = await this.seqFloor(key, conv);
     } catch (err) {
       this.running.delete(key);
       throw err;
     }
-    const started = this.launch(turn, this.idsOf(principal, target), fromSeq, this.chatWork(turn, input, { questionId, history, blocked }));
+    // The turn starts now and its question is stored while the model works on the first token: the
+    // turn's events wait (in drive) for the seq floor, and its answer for the question's id.
+    const stored = this.storeQuestion(turn, input, conv, blocked);
+    const questionId = stored.then((s) => s.questionId);
+    questionId.catch(() => undefined);
+    this.start(turn, this.idsOf(principal, target), stored.then((s) => s.fromSeq), this.chatWork(turn, input, { questionId, history, blocked }));
+    let started: TurnStarted;
+    try {
+      started = { key, turnId: turn.turnId, fromSeq: (await stored).fromSeq, duplicate: false };
+    } catch (err) {
+      // nothing of the turn was published; it ends (and frees the conversation) once its work has stopped
+      turn.controller.abort();
+      throw err;
+    }
     if (idKey) this.rememberClientId(idKey, started);
     return started;
+  }
+
+  /**
+   * Stores a turn's question and reserves its seqs, after yielding once to the event loop: the work
+   * launched just before has then sent its upstream request (SQLite runs synchronously and would
+   * otherwise hold it back).
+   */
+  private async storeQuestion(turn: RunningTurn, input: AskInput, conv: ConversationRow | null, blocked: string | null): Promise<{ questionId: number | null; fromSeq: number }> {
+    const { principal, target } = input;
+    let questionId: number | null = null;
+    if (target.chatId !== null) {
+      await setImmediate();
+      const q = await this.deps.repos.messages.insert({
+        ...this.rowBase(this.idsOf(principal, target), turn.turnId), is_bot: 0, type: 'human', category: 'question',
+        message: JSON.stringify(input.inputs), sensitive_status: blocked ? 2 : 1,
+      });
+      questionId = q.id;
+      if (blocked) await this.deps.repos.conversations.update(target.chatId, { sensitive_status: 2 });
+    }
+    return { questionId, fromSeq: await this.seqFloor(turn.key, conv) };
   }
 
   /** Re-runs the last question of a conversation; the old answer stays as a sibling. */
@@ -258,13 +284,13 @@ export class ChatService implements TurnControl {
     if (target.app.kind === 'workflow') throw AppError.invalid([{ path: 'action', message: 'a workflow app has no answer to regenerate; start a new run with init_data' }]);
     const key = target.chatId;
     const turn = this.take(key, principal.id);
-    let question: MessageRow;
+    let question: ContextRow;
     let history: LlmMessage[];
     let fromSeq: number;
     try {
       // a socket may have resolved this chat_id before its conversation existed: check the owner now
       const conv = await this.ownConversation(principal, target);
-      const rows = conv ? await this.deps.repos.messages.latest(key, 200) : [];
+      const rows = conv ? await this.deps.repos.messages.context(key, 200) : [];
       const qIndex = rows.findLastIndex((r) => r.category === 'question');
       if (qIndex < 0) throw AppError.notFound('No question to regenerate');
       question = rows[qIndex]!;
@@ -279,7 +305,7 @@ export class ChatService implements TurnControl {
     const text = questionText(question.message);
     const inputs = { input: text };
     return this.launch(turn, this.idsOf(principal, target), fromSeq,
-      this.chatWork(turn, { principal, target, text, inputs }, { questionId: question.id, history, blocked: this.moderation.checkInput(text) }));
+      this.chatWork(turn, { principal, target, text, inputs }, { questionId: Promise.resolve(question.id), history, blocked: this.moderation.checkInput(text) }));
   }
 
   /** Marks a fresh context: the next turn sees no earlier message. */
@@ -543,22 +569,44 @@ export class ChatService implements TurnControl {
     return turn;
   }
 
-  /**
-   * Runs a prepared turn, starting in a microtask: callers subscribe (held) before they ask, so
-   * nothing waits for the event loop to come round — under load that wait was most of the added TTFT.
-   */
+  /** Runs a prepared turn (see start) whose seq floor is known. */
   private launch(turn: RunningTurn, ids: TurnIds, fromSeq: number, work: TurnWork): TurnStarted {
-    turn.done = Promise.resolve().then(() => this.drive(turn, ids, fromSeq, work));
+    this.start(turn, ids, fromSeq, work);
     return { key: turn.key, turnId: turn.turnId, fromSeq, duplicate: false };
   }
 
+  /**
+   * Runs a turn, starting in a microtask: callers subscribe (held) before they ask, so nothing waits
+   * for the event loop to come round — under load that wait was most of the added TTFT. With a floor
+   * still to come (the question is being stored), the work runs at once and its events wait for it;
+   * a floor that fails ends the turn with nothing published.
+   */
+  private start(turn: RunningTurn, ids: TurnIds, floor: number | Promise<number>, work: TurnWork): void {
+    turn.done = Promise.resolve().then(() => this.drive(turn, ids, floor, work));
+  }
+
   /** The life cycle every turn shares: processing/begin, the work, an error frame if it threw, processing/close, release. */
-  private async drive(turn: RunningTurn, ids: TurnIds, fromSeq: number, work: TurnWork): Promise<void> {
+  private async drive(turn: RunningTurn, ids: TurnIds, floor: number | Promise<number>, work: TurnWork): Promise<void> {
     const { bus, repos, config } = this.deps;
-    let seq = fromSeq;
-    const emit: TurnEmit = (body) => {
+    let seq = typeof floor === 'number' ? floor : 0;
+    let held: ChatEventBody[] | null = typeof floor === 'number' ? null : [];
+    const publish = (body: ChatEventBody) => {
       bus.publish({ seq: ++seq, key: turn.key, chatId: ids.chatId ?? '', turnId: turn.turnId, flowId: ids.flowId, userId: ids.userId, body });
     };
+    const emit: TurnEmit = (body) => {
+      if (held) held.push(body);
+      else publish(body);
+    };
+    const known = Promise.resolve(floor).then((fromSeq) => {
+      if (held) {
+        seq = fromSeq;
+        const early = held;
+        held = null;
+        for (const body of early) publish(body);
+      }
+      return fromSeq;
+    });
+    known.catch(() => undefined);
     let extra: Record<string, unknown> | void = undefined;
     emit({ kind: 'begin' });
     try {
@@ -568,11 +616,14 @@ export class ChatService implements TurnControl {
       if (e.code === 'internal' && !(err instanceof AppError)) this.deps.log?.error({ err, chat_id: ids.chatId, turn_id: turn.turnId }, 'turn failed');
       emit({ kind: 'error', code: e.code, message: e.message });
     } finally {
-      emit(extra ? { kind: 'close', extra } : { kind: 'close' });
+      const fromSeq = await known.catch(() => null);
+      if (fromSeq !== null) emit(extra ? { kind: 'close', extra } : { kind: 'close' });
       this.running.delete(turn.key);
-      bus.endTurn(turn.key, config.chat.replay_ttl);
-      if (ids.chatId !== null) await repos.conversations.settleSeq(ids.chatId, fromSeq + SEQ_RESERVE, seq).catch(() => undefined);
-      else this.debugSeq.set(turn.key, seq);
+      if (fromSeq !== null) {
+        bus.endTurn(turn.key, config.chat.replay_ttl);
+        if (ids.chatId !== null) await repos.conversations.settleSeq(ids.chatId, fromSeq + SEQ_RESERVE, seq).catch(() => undefined);
+        else this.debugSeq.set(turn.key, seq);
+      }
     }
   }
 
@@ -623,7 +674,7 @@ export class ChatService implements TurnControl {
       else if (body.kind === 'llm_start') step++;
       else if (body.kind === 'tool_end' && target.chatId !== null) {
         toolRows.push({
-          ...this.rowBase(ids, turn.turnId), is_bot: 1, type: 'end', category: 'tool', parent_message_id: state.questionId,
+          ...this.rowBase(ids, turn.turnId), is_bot: 1, type: 'end', category: 'tool',
           message: JSON.stringify({ tool_key: body.toolKey, input: body.input, output: body.output }),
           intermediate_steps: `Tool output: \n\n${body.output}`, extra: JSON.stringify({ run_id: body.runId, step, failed: body.failed }),
         } as NewMessage);
@@ -638,9 +689,11 @@ export class ChatService implements TurnControl {
      */
     const saveAnswer = async (answer: string, usage: LlmUsage | null, remark: string, moderation: Blocked | null = null): Promise<number | null> => {
       if (target.chatId === null) return null;
-      const rows = await repos.messages.insertMany([...toolRows, {
+      // the question is stored by now (it went in while the first token was on its way); if storing it failed, so does this
+      const parent = await state.questionId;
+      const rows = await repos.messages.insertMany([...toolRows.map((r) => ({ ...r, parent_message_id: parent })), {
         ...this.rowBase(ids, turn.turnId), is_bot: 1, type: 'bot', category: 'answer', message: answer,
-        parent_message_id: state.questionId, remark, sensitive_status: moderation ? 2 : 1,
+        parent_message_id: parent, remark, sensitive_status: moderation ? 2 : 1,
         extra: JSON.stringify({ ...(usage ? { usage } : {}), ...(moderation ? { moderation } : {}), ...(remark === BREAK_ANSWER ? { interrupted: true } : {}) }), tokens: usage?.total_tokens ?? 0, latency_ms: Date.now() - started,
       }]);
       if (moderation === 'output') await repos.conversations.update(target.chatId, { sensitive_status: 2 });

@@ -1,5 +1,5 @@
 import type { LlmMessage, LlmToolCall } from '../domain/llm.ts';
-import type { MessageRow } from '../storage/tables.ts';
+import type { ContextRow } from '../storage/message-repo.ts';
 
 export const BREAK_ANSWER = 'break_answer';
 export const CLEAR_MARKER = 'clear_history';
@@ -22,7 +22,7 @@ export function questionText(message: string): string {
  * A question the input review blocked (its newest answer is the review's reply) is left out with
  * that reply: the model never sees it.
  */
-export function buildContext(rows: MessageRow[], limit: number): LlmMessage[] {
+export function buildContext(rows: ContextRow[], limit: number): LlmMessage[] {
   let start = 0;
   rows.forEach((r, i) => { if (r.category === CLEAR_MARKER) start = i + 1; });
   const kept = rows.slice(start);
@@ -70,7 +70,7 @@ function trimToWhole(messages: LlmMessage[]): LlmMessage[] {
 }
 
 /** An interrupted answer: marked in `remark` (Bisheng) and in `extra`, which a user comment cannot overwrite. */
-function isInterrupted(r: MessageRow): boolean {
+function isInterrupted(r: ContextRow): boolean {
   return r.remark === BREAK_ANSWER || parseJson<{ interrupted?: boolean }>(r.extra).interrupted === true;
 }
 

@@ -14,6 +14,10 @@ export interface MessageCountFilter {
 
 type NewMessageInput = Omit<NewMessage, 'create_time' | 'update_time'>;
 
+const CONTEXT_COLUMNS = ['id', 'is_bot', 'message', 'category', 'extra', 'remark', 'sensitive_status', 'parent_message_id', 'turn_id'] as const;
+/** What a model context is built from (see buildContext). */
+export type ContextRow = Pick<MessageRow, (typeof CONTEXT_COLUMNS)[number]>;
+
 export class MessageRepo {
   constructor(private readonly db: Kysely<Database>) {}
 
@@ -48,6 +52,15 @@ export class MessageRepo {
   /** The newest `limit` messages, oldest first. */
   async latest(chatId: string, limit: number): Promise<MessageRow[]> {
     const rows = await this.history(chatId, undefined, limit);
+    return rows.reverse();
+  }
+
+  /**
+   * The newest `limit` messages, oldest first, with only what a model context is built from: a turn
+   * reads up to ~110 rows, and a row of every column costs several times as much to fetch.
+   */
+  async context(chatId: string, limit: number): Promise<ContextRow[]> {
+    const rows = await this.db.selectFrom('messages').select(CONTEXT_COLUMNS).where('chat_id', '=', chatId).orderBy('id', 'desc').limit(limit).execute();
     return rows.reverse();
   }
 

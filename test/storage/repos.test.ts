@@ -124,6 +124,11 @@ describe.each(dbTargets())('repositories on $name', (target) => {
     const page2 = await repos.messages.history(conversation.chat_id, page1.at(-1)!.id, 4);
     expect(page2.map((m) => m.id)).toEqual(ids.slice(0, 2).reverse());
     expect((await repos.messages.latest(conversation.chat_id, 2)).map((m) => m.id)).toEqual(ids.slice(4));
+    // the context read: the same newest rows, only the columns a context is built from
+    const context = await repos.messages.context(conversation.chat_id, 3);
+    const pick = ({ id, is_bot, message, category, extra, remark, sensitive_status, parent_message_id, turn_id }: typeof messages[number]) =>
+      ({ id, is_bot, message, category, extra, remark, sensitive_status, parent_message_id, turn_id });
+    expect(context).toEqual(messages.slice(3).map(pick));
 
     const one = await repos.messages.insert(row(conversation.chat_id, conversation.user_id, 'answer'));
     expect(one.id).toBeGreaterThan(ids.at(-1)!);

@@ -5,7 +5,7 @@
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
 import type { DeepPartial, Config } from '../../src/config/config.ts';
 import { createServer, listen } from '../../src/server.ts';
 import { MockLlm, type MockStep } from '../fixtures/mock-llm.ts';
@@ -631,6 +631,42 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
       await ask(ws, 'will fail');
       const stored = await history(chatId, chatApp);
       expect(stored.map((m) => m.category)).toEqual(['question']);
+    });
+  });
+
+  describe('a question that cannot be stored', () => {
+    it('gets an error frame (10500); nothing of the turn is sent or stored, its upstream call is abandoned; the next question works', async () => {
+      const chatId = newChatId();
+      const ws = await connect(chatApp, chatId);
+      // the turn's upstream request goes out while the question is being stored: make the store fail
+      const messages = server.handle.services.repos.messages;
+      const insert = messages.insert;
+      messages.insert = async () => { throw new Error('disk I/O error'); };
+      onTestFinished(() => { messages.insert = insert; });
+      mock.enqueue({ text: tokens(50), delayMs: 20 });
+      const from = ws.frames.length;
+      ws.send({ inputs: { input: 'lost' } });
+      await ws.until((f) => f.slice(from).some((x) => x.category === 'error'), 10_000, 'an error frame');
+      messages.insert = insert;
+      const err = ws.frames.slice(from).find((x) => x.category === 'error')!;
+      expect(err.message).toMatchObject({ status_code: 10500 });
+      expect(JSON.stringify(err)).not.toContain('disk');
+      expect(err.seq).toBeUndefined();
+      await mock.waitForAbort();
+      // the conversation is free again once the abandoned work has stopped
+      mock.enqueue({ text: 'Back.' });
+      const frames = await eventually(async () => {
+        const at = ws.frames.length;
+        ws.send({ inputs: { input: 'again' } });
+        await ws.until((f) => f.slice(at).some((x) => isClose(x) || x.category === 'error'), 10_000, 'a turn or a refusal');
+        return ws.frames.slice(at).some(isClose) ? ws.frames.slice(at) : undefined;
+      }, 'the conversation to be free');
+      expectWellFormedTurn(frames.filter((f) => f.seq !== undefined), chatId, chatApp);
+      expect(ws.frames.slice(from).filter((f) => f.seq !== undefined).every((f) => frames.includes(f))).toBe(true);
+      expect(frames.find((f) => f.type === 'end_cover')!.message).toBe('Back.');
+      const stored = await history(chatId, chatApp);
+      expect(stored.map((m) => [m.category, m.message])).toEqual([['question', JSON.stringify({ input: 'again' })], ['answer', 'Back.']]);
+      expect(stored[1]!.parent_message_id).toBe(stored[0]!.id);
     });
   });
 

@@ -75,7 +75,8 @@ export class AuthService {
     if (!key) return null;
     const user = await this.repos.users.findById(key.user_id);
     if (!user) return null;
-    await this.repos.apiKeys.touch(key.id);
+    // last_used_time says when a key was last used, to the minute: not a write per request
+    if (key.last_used_time === null || Date.parse(key.last_used_time) <= Date.now() - 60_000) await this.repos.apiKeys.touch(key.id);
     return { id: user.id, user_name: user.user_name, role: user.role, apiKey: { id: key.id, appIds: parseAppIds(key) } };
   }
 

@@ -15,7 +15,7 @@ import type { WorkflowExecutor } from '../runtimes/workflow/executor.ts';
 import { answerText, checkAnswer } from '../runtimes/workflow/input-requests.ts';
 import { isRecord, type JsonValue } from '../runtimes/workflow/workflow-graph.ts';
 import type { Repos } from '../storage/repos.ts';
-import type { ContextRow } from '../storage/message-repo.ts';
+import type { ContextRow, NewMessageInput } from '../storage/message-repo.ts';
 import type { AppRow, ConversationRow, NewMessage } from '../storage/tables.ts';
 import { BREAK_ANSWER, buildContext, CLEAR_MARKER, questionText } from './context.ts';
 import { titleFrom } from './conversation-service.ts';
@@ -40,6 +40,8 @@ export interface ChatTarget {
   chatId: string | null;
   /** the published version the spec is from; null: the draft (debug mode) */
   version: number | null;
+  /** the stored conversation as resolveTarget read it (its owner checked); null: not created yet, undefined: not read */
+  conversation?: ConversationRow | null | undefined;
 }
 
 export interface AskInput {
@@ -168,9 +170,10 @@ export class ChatService implements TurnControl {
     if (opts.chatId !== null && !isHexId(opts.chatId)) throw AppError.invalid([{ path: 'chat_id', message: 'must be 32 hex characters' }], 'invalid chat_id');
     const app = authorizeAppChat(p, await this.deps.repos.apps.get(appId), { draft });
     if (opts.kind && app.kind !== opts.kind) throw new AppError('forbidden', 'app kind mismatch');
+    let conversation: ConversationRow | null | undefined;
     if (opts.chatId !== null) {
-      const conv = await this.deps.repos.conversations.get(opts.chatId);
-      if (conv && (conv.user_id !== p.id || conv.is_delete || conv.flow_id !== app.id)) throw new AppError('forbidden', 'no permission');
+      conversation = (await this.deps.repos.conversations.get(opts.chatId)) ?? null;
+      if (conversation && (conversation.user_id !== p.id || conversation.is_delete || conversation.flow_id !== app.id)) throw new AppError('forbidden', 'no permission');
     }
     let spec: AppSpec;
     try {
@@ -180,7 +183,7 @@ export class ChatService implements TurnControl {
       const e = toAppError(err);
       throw e.code === 'app_offline' || e.code === 'not_found' ? e : new AppError('app_unbuildable', 'draft does not build');
     }
-    return { app, spec, chatId: opts.chatId, version: draft ? null : (opts.versionId ?? app.published_version) };
+    return { app, spec, chatId: opts.chatId, version: draft ? null : (opts.versionId ?? app.published_version), conversation };
   }
 
   isRunning(key: string): boolean {
@@ -636,6 +639,8 @@ export class ChatService implements TurnControl {
   }
 
   private async ensureConversation(p: Principal, target: ChatTarget, text: string): Promise<ConversationRow> {
+    // resolveTarget read it (and checked whose it is) a moment ago
+    if (target.conversation) return target.conversation;
     const conv = await this.deps.repos.conversations.ensure({
       chat_id: target.chatId!, name: titleFrom(text), flow_id: target.app.id,
       flow_type: FLOW_TYPE[target.app.kind], flow_name: target.app.name, user_id: p.id,
@@ -691,13 +696,17 @@ export class ChatService implements TurnControl {
       if (target.chatId === null) return null;
       // the question is stored by now (it went in while the first token was on its way); if storing it failed, so does this
       const parent = await state.questionId;
-      const rows = await repos.messages.insertMany([...toolRows.map((r) => ({ ...r, parent_message_id: parent })), {
+      const row: NewMessageInput = {
         ...this.rowBase(ids, turn.turnId), is_bot: 1, type: 'bot', category: 'answer', message: answer,
         parent_message_id: parent, remark, sensitive_status: moderation ? 2 : 1,
         extra: JSON.stringify({ ...(usage ? { usage } : {}), ...(moderation ? { moderation } : {}), ...(remark === BREAK_ANSWER ? { interrupted: true } : {}) }), tokens: usage?.total_tokens ?? 0, latency_ms: Date.now() - started,
-      }]);
+      };
+      // the conversation was marked active when the turn started (reserveSeq): one row needs no transaction
+      const id = toolRows.length
+        ? (await repos.messages.insertMany([...toolRows.map((r) => ({ ...r, parent_message_id: parent })), row])).at(-1)!.id
+        : (await repos.messages.insert(row)).id;
       if (moderation === 'output') await repos.conversations.update(target.chatId, { sensitive_status: 2 });
-      return rows[rows.length - 1]!.id;
+      return id;
     };
     /** Output review of whatever text is kept, partial answers included. */
     const review = (answer: string): { answer: string; moderation: Blocked | null } => {

@@ -103,10 +103,11 @@ export class ConversationRepo {
   /**
    * Reserves the next `block` seqs in one atomic step (last_seq += block) and returns the stored
    * high-water mark before them: the block is (mark, mark + block]. Undefined when the conversation
-   * does not exist. Concurrent reservations get disjoint blocks.
+   * does not exist. Concurrent reservations get disjoint blocks. A turn starts with it, so it also
+   * marks the conversation as just active (update_time).
    */
   async reserveSeq(chatId: string, block: number): Promise<number | undefined> {
-    const row = await this.db.updateTable('conversations').set((eb) => ({ last_seq: eb('last_seq', '+', block) }))
+    const row = await this.db.updateTable('conversations').set((eb) => ({ last_seq: eb('last_seq', '+', block), update_time: now() }))
       .where('chat_id', '=', chatId).returning('last_seq').executeTakeFirst();
     return row && row.last_seq - block;
   }

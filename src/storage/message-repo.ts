@@ -12,7 +12,7 @@ export interface MessageCountFilter {
   to?: string | undefined;
 }
 
-type NewMessageInput = Omit<NewMessage, 'create_time' | 'update_time'>;
+export type NewMessageInput = Omit<NewMessage, 'create_time' | 'update_time'>;
 
 const CONTEXT_COLUMNS = ['id', 'is_bot', 'message', 'category', 'extra', 'remark', 'sensitive_status', 'parent_message_id', 'turn_id'] as const;
 /** What a model context is built from (see buildContext). */

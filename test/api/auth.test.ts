@@ -89,6 +89,15 @@ describe.each(dbTargets())('auth on $name', (target) => {
     const list = await user.get('/api/v1/apikeys');
     expect(list.body.data).toEqual([expect.objectContaining({ id, name: 'ci', app_ids: null })]);
     expect(JSON.stringify(list.body)).not.toContain(key);
+    // last_used_time: set by a use, to the minute (a second use right after writes nothing)
+    expect(list.body.data[0].last_used_time).toBeNull();
+    const useKey = () => new Api(server.url).get('/v1/models', { token: key });
+    const lastUsed = async () => (await user.get('/api/v1/apikeys')).body.data[0].last_used_time as string | null;
+    expect((await useKey()).status).toBe(200);
+    const used = await lastUsed();
+    expect(Date.now() - Date.parse(used!)).toBeLessThan(60_000);
+    expect((await useKey()).status).toBe(200);
+    expect(await lastUsed()).toBe(used);
     expect((await admin.get('/api/v1/apikeys')).body.data).toEqual([]);
     expect((await admin.delete(`/api/v1/apikeys/${id}`)).status).toBe(404);
     expect((await user.delete(`/api/v1/apikeys/${id}`)).status).toBe(200);

@@ -82,12 +82,15 @@ describe.each(dbTargets())('repositories on $name', (target) => {
     expect(await repos.conversations.get(chatId)).toEqual(rows[0]);
   });
 
-  it('conversations: reserveSeq reserves disjoint blocks atomically; settleSeq compare-and-sets', async () => {
+  it('conversations: reserveSeq reserves disjoint blocks atomically and marks the conversation active; settleSeq compare-and-sets', async () => {
     const user = await newUser();
     const c = await repos.conversations.create({ chat_id: newId(), name: 'seq', flow_id: app.id, flow_type: 15, flow_name: app.name, user_id: user.id });
     const lastSeq = async () => (await repos.conversations.get(c.chat_id))!.last_seq;
+    await new Promise((r) => setTimeout(r, 5));
     expect(await repos.conversations.reserveSeq(c.chat_id, 100)).toBe(0);
     expect(await lastSeq()).toBe(100);
+    // a turn starting marks the conversation active
+    expect((await repos.conversations.get(c.chat_id))!.update_time > c.update_time).toBe(true);
     await repos.conversations.settleSeq(c.chat_id, 100, 7);
     expect(await lastSeq()).toBe(7);
     // a reservation that was superseded is not settled

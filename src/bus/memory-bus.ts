@@ -1,10 +1,25 @@
 import type { ChatEvent } from '../domain/events.ts';
 import type { Bus, ControlMessage, Unsubscribe } from './bus.ts';
 
+/**
+ * A finished turn's delta as its log keeps it for replay: seq and text, the rest is its turn's (the
+ * first event of the turn). Deltas are nearly all of a log; this is half the memory of the event.
+ */
+class KeptDelta {
+  constructor(readonly seq: number, readonly content: string, readonly reasoning: string, readonly turn: ChatEvent) {}
+
+  event(): ChatEvent {
+    const { key, chatId, turnId, flowId, userId } = this.turn;
+    return { seq: this.seq, key, chatId, turnId, flowId, userId, body: { kind: 'delta', content: this.content, reasoning: this.reasoning } };
+  }
+}
+
+type Logged = ChatEvent | KeptDelta;
+
 interface Channel {
   listeners: Set<(event: ChatEvent) => void>;
-  /** events of the last finished turn (while its replay_ttl lasts) and of the current turn */
-  log: ChatEvent[];
+  /** events of the last finished turn (while its replay_ttl lasts; its deltas kept as KeptDelta) and of the current turn */
+  log: Logged[];
   /** index in `log` where the newest turn begins */
   turnStart: number;
   /** the last seq published before `log` began: the log covers every afterSeq ≥ floor */
@@ -81,7 +96,9 @@ export class MemoryBus implements Bus {
     if (!ch || ch.lastSeq < 0) return null;
     if (afterSeq >= ch.lastSeq) return [];
     if (this.expired(ch) || afterSeq < ch.floor) return null;
-    return ch.log.filter((e) => e.seq > afterSeq);
+    const out: ChatEvent[] = [];
+    for (const e of ch.log) if (e.seq > afterSeq) out.push(e instanceof KeptDelta ? e.event() : e);
+    return out;
   }
 
   endTurn(key: string, ttlSeconds: number): void {
@@ -89,6 +106,13 @@ export class MemoryBus implements Bus {
     if (!ch) return;
     ch.ended = true;
     ch.expiresAt = this.now() + ttlSeconds * 1000;
+    const head = ch.log[ch.turnStart];
+    if (head && !(head instanceof KeptDelta)) {
+      for (let i = ch.turnStart; i < ch.log.length; i++) {
+        const e = ch.log[i]!;
+        if (!(e instanceof KeptDelta) && e.body.kind === 'delta' && e.turnId === head.turnId) ch.log[i] = new KeptDelta(e.seq, e.body.content, e.body.reasoning, head);
+      }
+    }
     this.unretain(key);
     this.finished.set(key, ch.log.length);
     this.retained += ch.log.length;

@@ -66,6 +66,29 @@ export function busContract(name: string, make: (clock: { now: number }) => Bus)
       await bus.close();
     });
 
+    it('replays a finished turn exactly as it was published (every field of every event)', async () => {
+      const bus = make({ now: 0 });
+      const base = { key: 'k', chatId: 'k', turnId: 't1', flowId: 'f', userId: 7 };
+      const published: ChatEvent[] = [
+        { ...base, seq: 1, body: { kind: 'begin' } },
+        { ...base, seq: 2, body: { kind: 'llm_start' } },
+        { ...base, seq: 3, body: { kind: 'delta', content: '', reasoning: 'think' } },
+        { ...base, seq: 4, body: { kind: 'delta', content: 'Hello', reasoning: '' } },
+        { ...base, seq: 5, body: { kind: 'delta', content: ' wörld ✓', reasoning: '' } },
+        { ...base, seq: 6, body: { kind: 'llm_end' } },
+        { ...base, seq: 7, body: { kind: 'close' } },
+      ];
+      for (const e of published) bus.publish(structuredClone(e));
+      bus.endTurn('k', 60);
+      expect(await bus.replay('k', 0)).toEqual(published);
+      expect(await bus.replay('k', 3)).toEqual(published.slice(3));
+      // also while the next turn runs
+      const next: ChatEvent = { ...base, turnId: 't2', seq: 8, body: { kind: 'delta', content: 'next', reasoning: '' } };
+      bus.publish(structuredClone(next));
+      expect(await bus.replay('k', 0)).toEqual([...published, next]);
+      await bus.close();
+    });
+
     it('carries stop requests to every control listener', async () => {
       const bus = make({ now: 0 });
       const got: string[] = [];

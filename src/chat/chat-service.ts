@@ -268,17 +268,18 @@ export class ChatService implements TurnControl {
    */
   private async storeQuestion(turn: RunningTurn, input: AskInput, conv: ConversationRow | null, blocked: string | null): Promise<{ questionId: number | null; fromSeq: number }> {
     const { principal, target } = input;
-    let questionId: number | null = null;
-    if (target.chatId !== null) {
-      await setImmediate();
-      const q = await this.deps.repos.messages.insert({
+    if (target.chatId === null) return { questionId: null, fromSeq: await this.seqFloor(turn.key, conv) };
+    await setImmediate();
+    // independent writes, issued together (on SQLite they share one commit)
+    const [q, fromSeq] = await Promise.all([
+      this.deps.repos.messages.insert({
         ...this.rowBase(this.idsOf(principal, target), turn.turnId), is_bot: 0, type: 'human', category: 'question',
         message: JSON.stringify(input.inputs), sensitive_status: blocked ? 2 : 1,
-      });
-      questionId = q.id;
-      if (blocked) await this.deps.repos.conversations.update(target.chatId, { sensitive_status: 2 });
-    }
-    return { questionId, fromSeq: await this.seqFloor(turn.key, conv) };
+      }),
+      this.seqFloor(turn.key, conv),
+      blocked ? this.deps.repos.conversations.update(target.chatId, { sensitive_status: 2 }) : undefined,
+    ]);
+    return { questionId: q.id, fromSeq };
   }
 
   /** Re-runs the last question of a conversation; the old answer stays as a sibling. */

@@ -1,8 +1,9 @@
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
-import { Kysely, PostgresDialect, SqliteDialect, sql, type SqliteDatabase as KyselySqliteDatabase, type SqliteStatement } from 'kysely';
+import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
+import { GroupCommitSqliteDialect } from './sqlite-driver.ts';
 import type { Database } from './tables.ts';
 
 export type Dialect = 'sqlite' | 'postgres';
@@ -68,67 +69,13 @@ export function openDb(options: DbOptions): Db {
   sqlite.pragma('synchronous = NORMAL');
   sqlite.pragma('foreign_keys = ON');
   sqlite.pragma('busy_timeout = 5000');
-  const kysely = new Kysely<Database>({ dialect: new SqliteDialect({ database: cachingStatements(sqlite) }) });
+  const kysely = new Kysely<Database>({ dialect: new GroupCommitSqliteDialect(sqlite) });
   return {
     kysely,
     dialect: 'sqlite',
     location: file,
     ping: async () => { await sql`select 1`.execute(kysely); },
     close: () => kysely.destroy(),
-  };
-}
-
-/** How many prepared statements the SQLite connection keeps; more distinct SQL texts evict the least recently used. */
-export const STATEMENT_CACHE_SIZE = 1000;
-
-/** The SQLite database as Kysely's SqliteDialect sees it, each SQL text prepared once. */
-export interface CachingSqliteDatabase extends KyselySqliteDatabase {
-  /** statements kept now (at most `max`) */
-  readonly size: number;
-  readonly max: number;
-}
-
-/**
- * Wraps better-sqlite3 for Kysely's SqliteDialect so every SQL text is prepared once: Kysely's
- * SqliteDriver calls `prepare(sql)` for every query, then `reader` and `all`/`run` (executeQuery)
- * or `iterate` (streamQuery), and `close()` on destroy. Prepared statements are kept in a map in
- * least-recently-used order, bounded by `max`, so SQL built from varying lists (`in (…)` with
- * any number of values) cannot grow it without end; an evicted statement is simply garbage.
- *
- * Reuse is safe because `all` and `run` run a statement to completion synchronously (better-sqlite3
- * resets it afterwards, also when it throws) and Kysely uses the statement right after `prepare`.
- * Only an iterator keeps a statement busy until it is exhausted, so `iterate` always runs on a
- * freshly prepared statement: a stream and any other query with the same SQL (in the same
- * transaction, say) never share one.
- */
-export function cachingStatements(db: SqliteDatabase.Database, max = STATEMENT_CACHE_SIZE): CachingSqliteDatabase {
-  if (!(max >= 1)) throw new RangeError('the statement cache needs room for at least one statement');
-  const cache = new Map<string, SqliteStatement>();
-  return {
-    get size() { return cache.size; },
-    max,
-    prepare(source: string): SqliteStatement {
-      let statement = cache.get(source);
-      if (statement) {
-        // move to the most recently used end
-        cache.delete(source);
-      } else {
-        const prepared = db.prepare(source);
-        statement = {
-          reader: prepared.reader,
-          all: (parameters) => prepared.all(parameters),
-          run: (parameters) => prepared.run(parameters),
-          iterate: (parameters) => db.prepare(source).iterate(parameters),
-        };
-        if (cache.size >= max) cache.delete(cache.keys().next().value!);
-      }
-      cache.set(source, statement);
-      return statement;
-    },
-    close() {
-      cache.clear();
-      db.close();
-    },
   };
 }
 

@@ -1,5 +1,6 @@
 import { sql, type Kysely } from 'kysely';
 import { now } from './db.ts';
+import { prepare, type Prepared } from './prepared.ts';
 import type { AppRow, AppVersionRow, AppsTable, Database } from './tables.ts';
 
 export interface AppListFilter {
@@ -18,7 +19,11 @@ export function containsCi(keyword: string) {
 }
 
 export class AppRepo {
-  constructor(private readonly db: Kysely<Database>) {}
+  private readonly byId: Prepared<AppRow>;
+
+  constructor(private readonly db: Kysely<Database>) {
+    this.byId = prepare(db, ($) => db.selectFrom('apps').selectAll().where('id', '=', $(0)));
+  }
 
   async create(input: Pick<AppRow, 'id' | 'name' | 'description' | 'icon' | 'kind' | 'user_id' | 'draft'> & { online?: number }): Promise<AppRow> {
     const t = now();
@@ -26,8 +31,8 @@ export class AppRepo {
   }
 
   /** Deleted apps are returned too (the caller tells "deleted" from "missing"). */
-  get(id: string): Promise<AppRow | undefined> {
-    return this.db.selectFrom('apps').selectAll().where('id', '=', id).executeTakeFirst();
+  async get(id: string): Promise<AppRow | undefined> {
+    return (await this.byId([id]))[0];
   }
 
   async update(id: string, patch: Partial<Pick<AppRow, 'name' | 'description' | 'icon' | 'draft' | 'online'>>): Promise<AppRow> {

@@ -1,6 +1,7 @@
 import { sql, type Kysely } from 'kysely';
 import { containsCi } from './app-repo.ts';
 import { now } from './db.ts';
+import { prepare, type Prepared } from './prepared.ts';
 import type { ConversationRow, Database, MessageRow, NewConversation, NewMessage } from './tables.ts';
 
 type NewConversationInput = Omit<NewConversation, 'create_time' | 'update_time'>;
@@ -16,7 +17,17 @@ export interface ConversationListFilter {
 }
 
 export class ConversationRepo {
-  constructor(private readonly db: Kysely<Database>) {}
+  // the statements every turn runs, compiled once (prepared.ts)
+  private readonly byChatId: Prepared<ConversationRow>;
+  private readonly reserve: Prepared<{ last_seq: number }>;
+  private readonly settle: Prepared<unknown>;
+
+  constructor(private readonly db: Kysely<Database>) {
+    this.byChatId = prepare(db, ($) => db.selectFrom('conversations').selectAll().where('chat_id', '=', $(0)));
+    this.reserve = prepare(db, ($) => db.updateTable('conversations')
+      .set((eb) => ({ last_seq: eb('last_seq', '+', $(0)), update_time: $(1) })).where('chat_id', '=', $(2)).returning('last_seq'));
+    this.settle = prepare(db, ($) => db.updateTable('conversations').set({ last_seq: $(0) }).where('chat_id', '=', $(1)).where('last_seq', '=', $(2)));
+  }
 
   async create(input: Omit<NewConversation, 'create_time' | 'update_time'>): Promise<ConversationRow> {
     const t = now();
@@ -58,8 +69,8 @@ export class ConversationRepo {
   }
 
   /** Soft-deleted rows are returned too; callers decide. */
-  get(chatId: string): Promise<ConversationRow | undefined> {
-    return this.db.selectFrom('conversations').selectAll().where('chat_id', '=', chatId).executeTakeFirst();
+  async get(chatId: string): Promise<ConversationRow | undefined> {
+    return (await this.byChatId([chatId]))[0];
   }
 
   async list(f: ConversationListFilter): Promise<{ list: ConversationRow[]; total: number }> {
@@ -107,14 +118,13 @@ export class ConversationRepo {
    * marks the conversation as just active (update_time).
    */
   async reserveSeq(chatId: string, block: number): Promise<number | undefined> {
-    const row = await this.db.updateTable('conversations').set((eb) => ({ last_seq: eb('last_seq', '+', block), update_time: now() }))
-      .where('chat_id', '=', chatId).returning('last_seq').executeTakeFirst();
+    const row = (await this.reserve([block, now(), chatId]))[0];
     return row && row.last_seq - block;
   }
 
   /** Replaces a seq reservation by the real high-water mark once the turn has ended. */
   async settleSeq(chatId: string, reserved: number, actual: number): Promise<void> {
-    await this.db.updateTable('conversations').set({ last_seq: actual }).where('chat_id', '=', chatId).where('last_seq', '=', reserved).execute();
+    await this.settle([actual, chatId, reserved]);
   }
 
   /** Copies a conversation and all its messages under `newChatId`, in one transaction. */

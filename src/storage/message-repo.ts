@@ -1,5 +1,6 @@
 import { type Kysely, type Transaction } from 'kysely';
 import { now } from './db.ts';
+import { prepare, type Prepared } from './prepared.ts';
 import type { Database, MessagePatch, MessageRow, NewMessage } from './tables.ts';
 
 export type Liked = 0 | 1 | 2;
@@ -19,11 +20,26 @@ const CONTEXT_COLUMNS = ['id', 'is_bot', 'message', 'category', 'extra', 'remark
 export type ContextRow = Pick<MessageRow, (typeof CONTEXT_COLUMNS)[number]>;
 
 export class MessageRepo {
-  constructor(private readonly db: Kysely<Database>) {}
+  /** one prepared INSERT per set of columns given (a question, an answer, … each always gives the same) */
+  private readonly inserts = new Map<string, Prepared<MessageRow>>();
+  private readonly contextQuery: Prepared<ContextRow>;
+
+  constructor(private readonly db: Kysely<Database>) {
+    this.contextQuery = prepare(db, ($) => db.selectFrom('messages').select(CONTEXT_COLUMNS).where('chat_id', '=', $(0)).orderBy('id', 'desc').limit($(1)));
+  }
 
   async insert(input: NewMessageInput): Promise<MessageRow> {
     const t = now();
-    return this.db.insertInto('messages').values({ ...input, create_time: t, update_time: t }).returningAll().executeTakeFirstOrThrow();
+    const row: Record<string, unknown> = { ...input, create_time: t, update_time: t };
+    // Kysely leaves out undefined values; so does the shape
+    const columns = Object.keys(row).filter((c) => row[c] !== undefined);
+    const shape = columns.join();
+    let insert = this.inserts.get(shape);
+    if (!insert) {
+      insert = prepare(this.db, ($) => this.db.insertInto('messages').values(Object.fromEntries(columns.map((c, i) => [c, $(i)])) as NewMessage).returningAll());
+      this.inserts.set(shape, insert);
+    }
+    return (await insert(columns.map((c) => row[c])))[0]!;
   }
 
   /** Inserts rows in one transaction and touches their conversation. */
@@ -60,7 +76,7 @@ export class MessageRepo {
    * reads up to ~110 rows, and a row of every column costs several times as much to fetch.
    */
   async context(chatId: string, limit: number): Promise<ContextRow[]> {
-    const rows = await this.db.selectFrom('messages').select(CONTEXT_COLUMNS).where('chat_id', '=', chatId).orderBy('id', 'desc').limit(limit).execute();
+    const rows = await this.contextQuery([chatId, limit]);
     return rows.reverse();
   }
 

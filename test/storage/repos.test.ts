@@ -142,6 +142,33 @@ describe.each(dbTargets())('repositories on $name', (target) => {
     expect(await repos.messages.get(one.id)).toBeUndefined();
   });
 
+  it('prepared statements: each run with its own arguments; inserts of different column sets', async () => {
+    const { conversation } = await seed(1);
+    const { chat_id: chatId, user_id: userId } = conversation;
+    // one INSERT shape without the optional columns, one with them (and one given as undefined: left out)
+    const plain = await repos.messages.insert(row(chatId, userId, 'answer'));
+    const full = await repos.messages.insert({ ...row(chatId, userId, 'answer'), message: 'with usage', tokens: 42, latency_ms: 7, liked: undefined });
+    const again = await repos.messages.insert({ ...row(chatId, userId, 'question'), message: 'second plain' });
+    expect(plain).toMatchObject({ message: 'answer', tokens: 0, liked: 0, chat_id: chatId });
+    expect(full).toMatchObject({ message: 'with usage', tokens: 42, latency_ms: 7, liked: 0 });
+    expect(again).toMatchObject({ message: 'second plain', category: 'question' });
+    expect(new Set([plain.id, full.id, again.id]).size).toBe(3);
+    // the context read runs with each call's limit and chat_id
+    expect((await repos.messages.context(chatId, 2)).map((r) => r.message)).toEqual(['with usage', 'second plain']);
+    expect((await repos.messages.context(chatId, 1)).map((r) => r.message)).toEqual(['second plain']);
+    expect(await repos.messages.context(newId(), 5)).toEqual([]);
+    // seq reservations: disjoint blocks, settled only while still the stored mark
+    const first = await repos.conversations.reserveSeq(chatId, 100);
+    const second = await repos.conversations.reserveSeq(chatId, 100);
+    expect(second).toBe(first! + 100);
+    await repos.conversations.settleSeq(chatId, first! + 100, first! + 3);
+    expect((await repos.conversations.get(chatId))!.last_seq).toBe(first! + 200);
+    await repos.conversations.settleSeq(chatId, first! + 200, first! + 103);
+    expect((await repos.conversations.get(chatId))!.last_seq).toBe(first! + 103);
+    expect(await repos.conversations.reserveSeq(newId(), 100)).toBeUndefined();
+    expect(await repos.conversations.get(newId())).toBeUndefined();
+  });
+
   it('messages: setLiked moves both counters, is idempotent, and stays exact under concurrency', async () => {
     const { conversation, messages } = await seed(2);
     const counters = async () => {

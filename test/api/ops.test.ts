@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream';
 import pino from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { loadConfig } from '../../src/config/config.ts';
 import { createServer, listen } from '../../src/server.ts';
 import { ADMIN_PASSWORD, Api, dbTargets, startServer, type TestServer } from '../helpers/server.ts';
@@ -82,6 +82,19 @@ describe('request logs', () => {
       expect(log).toContain('req-abc-123');
       expect(log).toContain('t=[redacted]');
       expect(log).not.toContain(api.token!);
+
+      // an event stream (written to the raw response) carries the request id and is logged the same way
+      const { list } = await handle.services.repos.apps.list({ kind: 'chat', page: 1, limit: 10 });
+      const key = (await api.post('/api/v1/apikeys', { name: 'log test' })).body.data.key as string;
+      const sse = await fetch(`${url}/v1/chat/completions`, {
+        method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', 'x-request-id': 'req-sse-456' },
+        body: JSON.stringify({ model: list.find((a) => a.name.startsWith('Demo'))!.id, stream: true, messages: [{ role: 'user', content: 'hi' }] }),
+      });
+      expect(sse.status).toBe(200);
+      expect(sse.headers.get('x-request-id')).toBe('req-sse-456');
+      expect(sse.headers.get('content-type')).toBe('text/event-stream; charset=utf-8');
+      expect((await sse.text()).trimEnd().endsWith('data: [DONE]')).toBe(true);
+      await vi.waitFor(() => expect(lines.some((l) => l.includes('req-sse-456') && l.includes('"status":200'))).toBe(true));
     } finally {
       await handle.close();
     }

@@ -2,8 +2,9 @@ import type { ChatEvent } from '../domain/events.ts';
 import type { Bus, ControlMessage, Unsubscribe } from './bus.ts';
 
 /**
- * A finished turn's delta as its log keeps it for replay: seq and text, the rest is its turn's (the
- * first event of the turn). Deltas are nearly all of a log; this is half the memory of the event.
+ * A delta as a log keeps it for replay: seq and text, the rest is its turn's (the first event of the
+ * turn). Deltas are nearly all of a log; this is a third of the memory of the event, and the event
+ * itself is garbage as soon as its watchers have it.
  */
 class KeptDelta {
   constructor(readonly seq: number, readonly content: string, readonly reasoning: string, readonly turn: ChatEvent) {}
@@ -72,7 +73,12 @@ export class MemoryBus implements Bus {
       ch.ended = false;
       ch.expiresAt = null;
     }
-    ch.log.push(event);
+    // a delta is kept as seq + text from the start (the event itself then dies young: no GC work)
+    const head = ch.log[ch.turnStart];
+    const body = event.body;
+    ch.log.push(body.kind === 'delta' && head !== undefined && !(head instanceof KeptDelta) && head.turnId === event.turnId
+      ? new KeptDelta(event.seq, body.content, body.reasoning, head)
+      : event);
     ch.lastSeq = event.seq;
     for (const listener of ch.listeners) {
       try {
@@ -106,13 +112,6 @@ export class MemoryBus implements Bus {
     if (!ch) return;
     ch.ended = true;
     ch.expiresAt = this.now() + ttlSeconds * 1000;
-    const head = ch.log[ch.turnStart];
-    if (head && !(head instanceof KeptDelta)) {
-      for (let i = ch.turnStart; i < ch.log.length; i++) {
-        const e = ch.log[i]!;
-        if (!(e instanceof KeptDelta) && e.body.kind === 'delta' && e.turnId === head.turnId) ch.log[i] = new KeptDelta(e.seq, e.body.content, e.body.reasoning, head);
-      }
-    }
     this.unretain(key);
     this.finished.set(key, ch.log.length);
     this.retained += ch.log.length;

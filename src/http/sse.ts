@@ -1,4 +1,5 @@
 import type { FastifyReply } from 'fastify';
+import { holdWrites } from '../ws/hold-writes.ts';
 
 export interface SseOptions {
   /** what a keep-alive writes after `heartbeatMs` of silence (a comment, or Astron's ping event) */
@@ -85,6 +86,7 @@ export class SseStream {
     if (this.done) return;
     this.open();
     if (this.reply.raw.destroyed) return;
+    holdWrites(this.reply.raw);
     this.reply.raw.write(text);
     this.lastWrite = Date.now();
   }

@@ -7,6 +7,7 @@ import type { ChatService, ChatTarget } from '../chat/chat-service.ts';
 import type { Config } from '../config/config.ts';
 import { AppError, toAppError } from '../domain/errors.ts';
 import type { AppKind, Principal } from '../domain/types.ts';
+import type { Corkable } from './hold-writes.ts';
 import { WsSession } from './ws-session.ts';
 
 /** What the gateway needs of an upgrade request (the HTTP layer hands it over). */
@@ -17,6 +18,8 @@ export interface UpgradeRequest {
   appId: string;
   /** the kind a path pins (`/assistant/chat/`, `/workflow/chat/`), if any */
   kind: AppKind | undefined;
+  /** the connection under the WebSocket: the session holds its writes until the loop comes round (hold-writes.ts) */
+  transport?: Corkable | undefined;
 }
 
 export const ACCESS_COOKIE = 'access_token_cookie';
@@ -175,7 +178,7 @@ export class WsGateway {
 
   private open(socket: WebSocket, principal: Principal, tokenExp: number, target: ChatTarget, req: UpgradeRequest): WsSession {
     const session = new WsSession(socket, principal, tokenExp, target, {
-      chat: this.deps.chat, bus: this.deps.bus, config: this.deps.config, kind: req.kind, versionId: versionOf(req), onError: (err) => this.logError(err, 'websocket frame failed'),
+      chat: this.deps.chat, bus: this.deps.bus, config: this.deps.config, kind: req.kind, versionId: versionOf(req), transport: req.transport, onError: (err) => this.logError(err, 'websocket frame failed'),
     });
     this.sessions.add(session);
     socket.on('pong', () => session.alive());

@@ -5,6 +5,7 @@ import { errorFrame, encodeFrame, outsideFrame } from '../chat/bisheng-frames.ts
 import type { ChatService, ChatTarget } from '../chat/chat-service.ts';
 import { EventWatch } from '../chat/watch.ts';
 import type { Config } from '../config/config.ts';
+import { holdWrites, type Corkable } from './hold-writes.ts';
 import { AppError, toAppError } from '../domain/errors.ts';
 import type { AppKind, Principal } from '../domain/types.ts';
 import { parseClientFrame, type ClientFrame } from './client-frames.ts';
@@ -33,12 +34,16 @@ export class WsSession {
       chat: ChatService; bus: Bus; config: Config;
       /** the app kind the socket's path pins, and the app version its query asked for */
       kind: AppKind | undefined; versionId?: number | undefined;
+      /** the TCP connection, whose writes are held until the loop comes round */
+      transport?: Corkable | undefined;
       onError?: (err: unknown) => void;
     },
   ) {}
 
   send(text: string): void {
-    if (!this.closed && this.socket.readyState === 1) this.socket.send(text);
+    if (this.closed || this.socket.readyState !== 1) return;
+    if (this.deps.transport) holdWrites(this.deps.transport);
+    this.socket.send(text);
   }
 
   /** A frame as `ws` delivers it: only text frames are accepted (PROTOCOL.md §3.1). */

@@ -28,6 +28,7 @@ export function registerWsRoutes(app: App, gateway: WsGateway): void {
     }, (socket, req) => {
       void gateway.accept(socket, {
         headers: req.headers, query: req.query as Record<string, unknown>, cookies: req.cookies, appId: (req.params as { app_id: string }).app_id, kind,
+        transport: req.socket,
       });
     });
   }

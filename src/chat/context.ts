@@ -71,7 +71,9 @@ function trimToWhole(messages: LlmMessage[]): LlmMessage[] {
 
 /** An interrupted answer: marked in `remark` (Bisheng) and in `extra`, which a user comment cannot overwrite. */
 function isInterrupted(r: ContextRow): boolean {
-  return r.remark === BREAK_ANSWER || parseJson<{ interrupted?: boolean }>(r.extra).interrupted === true;
+  if (r.remark === BREAK_ANSWER) return true;
+  // most answers' extra holds only usage: not worth parsing (JSON.stringify writes the key as is)
+  return r.extra.includes('"interrupted"') && parseJson<{ interrupted?: boolean }>(r.extra).interrupted === true;
 }
 
 function parseJson<T>(text: string): Partial<T> {

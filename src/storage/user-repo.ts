@@ -1,17 +1,23 @@
 import type { Kysely } from 'kysely';
 import { now } from './db.ts';
+import { prepare, type Prepared } from './prepared.ts';
 import type { ApiKeyRow, Database, UserRow } from './tables.ts';
 
 export class UserRepo {
-  constructor(private readonly db: Kysely<Database>) {}
+  /** every authenticated request reads its user: compiled once (prepared.ts) */
+  private readonly byId: Prepared<UserRow>;
+
+  constructor(private readonly db: Kysely<Database>) {
+    this.byId = prepare(db, ($) => db.selectFrom('users').selectAll().where('id', '=', $(0)));
+  }
 
   async create(input: { user_name: string; password_hash: string; role: 'admin' | 'user' }): Promise<UserRow> {
     const t = now();
     return this.db.insertInto('users').values({ ...input, create_time: t, update_time: t }).returningAll().executeTakeFirstOrThrow();
   }
 
-  findById(id: number): Promise<UserRow | undefined> {
-    return this.db.selectFrom('users').selectAll().where('id', '=', id).executeTakeFirst();
+  async findById(id: number): Promise<UserRow | undefined> {
+    return (await this.byId([id]))[0];
   }
 
   findByName(userName: string): Promise<UserRow | undefined> {
@@ -40,7 +46,12 @@ export class UserRepo {
 }
 
 export class ApiKeyRepo {
-  constructor(private readonly db: Kysely<Database>) {}
+  /** every API request looks its key up: compiled once (prepared.ts) */
+  private readonly activeByHash: Prepared<ApiKeyRow>;
+
+  constructor(private readonly db: Kysely<Database>) {
+    this.activeByHash = prepare(db, ($) => db.selectFrom('api_keys').selectAll().where('key_hash', '=', $(0)).where('revoked', '=', 0));
+  }
 
   create(input: { user_id: number; name: string; key_hash: string; key_prefix: string; app_ids: string[] | null }): Promise<ApiKeyRow> {
     return this.db.insertInto('api_keys').values({
@@ -57,8 +68,8 @@ export class ApiKeyRepo {
     return this.db.selectFrom('api_keys').selectAll().where('user_id', '=', userId).where('revoked', '=', 0).orderBy('id', 'desc').execute();
   }
 
-  findActiveByHash(hash: string): Promise<ApiKeyRow | undefined> {
-    return this.db.selectFrom('api_keys').selectAll().where('key_hash', '=', hash).where('revoked', '=', 0).executeTakeFirst();
+  async findActiveByHash(hash: string): Promise<ApiKeyRow | undefined> {
+    return (await this.activeByHash([hash]))[0];
   }
 
   /** @returns whether a key of that user was revoked */

@@ -154,13 +154,13 @@ async function stream(reply: FastifyReply, completion: Completion, enc: Completi
   sse.onClientGone(() => completion.cancel());
   sse.open();
   try {
-    for await (const e of completion.events) {
+    await completion.events.each((e) => {
       const chunks = enc.push(e);
       // the finish chunk carries the usage (Astron has no stream_options)
       const last = chunks.at(-1);
       if (last?.choices[0]?.finish_reason) last.usage = enc.usage;
       if (chunks.length) sse.write(chunks.map((c: Chunk) => dataEvent(JSON.stringify(ok(c)))).join(''));
-    }
+    });
   } finally {
     completion.settle();
   }

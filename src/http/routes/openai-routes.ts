@@ -664,7 +664,9 @@ export async function drainCompletion(reply: FastifyReply, completion: Completio
   // the client may have gone while the turn was being started
   if (isClientGone(reply)) gone();
   try {
-    for await (const e of completion.events) enc.push(e);
+    await completion.events.each((e) => {
+      enc.push(e);
+    });
   } finally {
     finished = true;
     completion.settle();
@@ -688,20 +690,20 @@ async function streamCompletion(reply: FastifyReply, completion: Completion, enc
   // the role chunk waits for the first content: until then a failure can still be an HTTP status
   let held = '';
   try {
-    for await (const e of completion.events) {
+    await completion.events.each((e) => {
       const b = e.body;
       let text: string;
       if (b.kind === 'delta' && b.content && !b.reasoning) {
         enc.streamed += b.content; // all that push() keeps of it
         text = head + JSON.stringify(b.content) + tail;
       } else text = enc.push(e).map(line).join('');
-      if (!text) continue;
+      if (!text) return;
       if (e.body.kind === 'begin' && !sse.opened) held += text;
       else {
         sse.write(held + text);
         held = '';
       }
-    }
+    });
   } finally {
     completion.settle();
   }

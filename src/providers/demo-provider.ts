@@ -28,7 +28,7 @@ export class DemoProvider implements LlmProvider {
     this.tokenDelayMs = options.tokenDelayMs ?? 15;
   }
 
-  async *stream(request: LlmRequest): AsyncGenerator<LlmChunk> {
+  async stream(request: LlmRequest, onChunk: (chunk: LlmChunk) => void): Promise<void> {
     const { signal, messages } = request;
     const promptTokens = messages.reduce((n, m) => n + countWords(m.content), 0);
     let completionTokens = 0;
@@ -38,8 +38,8 @@ export class DemoProvider implements LlmProvider {
     if (call) {
       if (!(await this.pause(signal))) return;
       completionTokens = countWords(JSON.stringify(call.args));
-      yield { type: 'tool_call', call };
-      yield { type: 'finish', reason: 'tool_calls', usage: usage() };
+      onChunk({ type: 'tool_call', call });
+      onChunk({ type: 'finish', reason: 'tool_calls', usage: usage() });
       return;
     }
 
@@ -48,10 +48,10 @@ export class DemoProvider implements LlmProvider {
       for (const word of splitWords(words)) {
         if (!(await this.pause(signal))) return;
         completionTokens++;
-        yield { type, text: word };
+        onChunk({ type, text: word });
       }
     }
-    yield { type: 'finish', reason: 'stop', usage: usage() };
+    onChunk({ type: 'finish', reason: 'stop', usage: usage() });
   }
 
   /** @returns false when the caller aborted: the stream then ends quietly */

@@ -11,7 +11,8 @@
  *
  * This is also where deltas are coalesced: everything one socket read brought (several tokens when
  * the server is busy) becomes one chunk, so one event and one frame per watcher — below one write per
- * token, which is what lets a loaded gateway keep up instead of queueing.
+ * token, which is what lets a loaded gateway keep up instead of queueing. Chunks are handed to the
+ * caller from the socket's 'data' event itself: no promise, no generator step per chunk.
  *
  * Timeouts, retries and error mapping are ours: a retry is only safe before the first chunk reached
  * the caller, and only we know when that is.
@@ -34,7 +35,7 @@ export interface OpenAiCompatibleOptions {
   requestTimeoutMs: number;
   /** silence (no stream part) that counts as a stall, from the request start on */
   stallTimeoutMs: number;
-  /** attempts after the first, only while nothing has been yielded */
+  /** attempts after the first, only while nothing has been handed to the caller */
   maxRetries: number;
   /** first backoff between attempts; doubles each retry */
   retryDelayMs?: number;
@@ -82,7 +83,7 @@ export class OpenAiCompatibleProvider implements LlmProvider {
     });
   }
 
-  async *stream(request: LlmRequest): AsyncGenerator<LlmChunk> {
+  async stream(request: LlmRequest, onChunk: (chunk: LlmChunk) => void): Promise<void> {
     const { signal } = request;
     if (signal.aborted) return;
     const { requestTimeoutMs, stallTimeoutMs, maxRetries, retryDelayMs = 250 } = this.options;
@@ -101,13 +102,11 @@ export class OpenAiCompatibleProvider implements LlmProvider {
     let controller = new AbortController();
     let failure: Failure;
     let lastPartAt = 0;
-    // while the consumer holds a chunk we are not waiting on upstream: no stall, only the deadline
-    let paused = false;
     let timer: NodeJS.Timeout | undefined;
     // One timer per attempt, re-armed lazily: reads only stamp `lastPartAt` (no timer churn per read).
     const tick = () => {
       const now = Date.now();
-      const stallAt = paused ? now + stallTimeoutMs : lastPartAt + stallTimeoutMs;
+      const stallAt = lastPartAt + stallTimeoutMs;
       if (now >= deadline || now >= stallAt) {
         failure = now >= deadline ? 'total' : 'stall';
         controller.abort();
@@ -118,9 +117,23 @@ export class OpenAiCompatibleProvider implements LlmProvider {
     const onCallerAbort = () => controller.abort();
     signal.addEventListener('abort', onCallerAbort, { once: true });
 
-    let yielded = false;
-    // the answer arrived whole: the request is left to end by itself, so its socket goes back to the pool
-    let clean = false;
+    // a chunk reached the caller: no retry after that
+    let delivered = false;
+    // what the caller's onChunk threw: it ends the call and is rethrown as it is
+    let callerError: { error: unknown } | null = null;
+    const deliver = (chunks: LlmChunk[]) => {
+      for (const chunk of chunks) {
+        // after an abort nothing more is delivered
+        if (signal.aborted) return;
+        delivered = true;
+        try {
+          onChunk(chunk);
+        } catch (error) {
+          callerError = { error };
+          throw error;
+        }
+      }
+    };
     try {
       for (let attempt = 0; ; attempt++) {
         if (attempt > 0) controller = new AbortController();
@@ -129,30 +142,24 @@ export class OpenAiCompatibleProvider implements LlmProvider {
         timer = setTimeout(tick, Math.min(deadline - lastPartAt, stallTimeoutMs));
         let response: http.IncomingMessage | undefined;
         let error: unknown;
+        // the answer arrived whole: the response is left to end by itself, so its socket goes back to the pool
+        let clean = false;
         try {
           // rejects on an HTTP error status; the stall timer already runs (a silent connect counts too)
           response = await this.post(body, controller.signal);
           const reader = new OpenAiStreamReader();
-          const incoming = new BodyReader(response);
-          for (let text = await incoming.read(); text !== null; text = await incoming.read()) {
+          await readBody(response, (text) => {
             lastPartAt = Date.now();
-            const chunks = reader.feed(text);
-            if (chunks.length) {
-              yielded = true;
-              paused = true;
-              for (const chunk of chunks) yield chunk;
-              paused = false;
-              lastPartAt = Date.now();
-            }
+            deliver(reader.feed(text));
             const failed = reader.failed();
             if (failed) throw failed;
-            // after [DONE] the body has usually ended already: reading on to its end frees the socket now
-            if (reader.done && !response.complete) break;
-          }
+            // after [DONE] the body has usually ended already; if not, what is left is drained below
+            return reader.done;
+          });
           const tail = reader.end();
           clearTimeout(timer);
           clean = true;
-          for (const chunk of tail) yield chunk;
+          deliver(tail);
           return;
         } catch (err) {
           error = err;
@@ -160,15 +167,16 @@ export class OpenAiCompatibleProvider implements LlmProvider {
           clearTimeout(timer);
           if (clean) drain(response!);
           else {
-            // ends a pending read and the request; the socket is not reused
+            // ends the request; the socket is not reused
             controller.abort();
             response?.destroy();
           }
         }
 
+        if (callerError) throw (callerError as { error: unknown }).error;
         if (signal.aborted) return;
         const upstream = this.toUpstreamError(error, failure);
-        if (yielded || !upstream.retryable || attempt >= maxRetries) throw upstream.error;
+        if (delivered || !upstream.retryable || attempt >= maxRetries) throw upstream.error;
         const wait = upstream.retryAfterMs ?? retryDelayMs * 2 ** attempt;
         if (Date.now() + wait >= deadline) throw upstream.error;
         try {
@@ -179,7 +187,6 @@ export class OpenAiCompatibleProvider implements LlmProvider {
       }
     } finally {
       clearTimeout(timer);
-      if (!clean) controller.abort();
       signal.removeEventListener('abort', onCallerAbort);
     }
   }
@@ -285,57 +292,55 @@ function errorDetail(body: string): string {
 class BodyBrokeOff extends Error {}
 
 /**
- * A streaming response body as text, read off its 'data' events: what arrived since the last
- * `read()` comes back joined — several tokens at once under load, and one promise per wait rather
- * than the stream async iterator's several per read. Pauses the socket while 64 pieces wait.
+ * Hands a streaming response body to `onText` as it arrives, as UTF-8 text: everything one socket
+ * read brought at once (the HTTP parser emits one 'data' per chunk of the chunked encoding, so one
+ * per token; they are joined in a microtask that runs once the read is parsed — several tokens in
+ * one piece under load). Resolves at the end of the body, or as soon as `onText` returns true (the
+ * stream said it is done); rejects with what `onText` threw, or with BodyBrokeOff when the body
+ * broke off before its end (what came before is handed over first).
  */
-class BodyReader {
-  private pieces: string[] = [];
-  private ended = false;
-  private error: Error | null = null;
-  private wake: (() => void) | null = null;
-
-  constructor(private readonly response: http.IncomingMessage) {
-    response.on('data', (text: string) => {
-      this.pieces.push(text);
-      if (this.pieces.length >= 64) response.pause();
-      this.notify();
-    });
+function readBody(response: http.IncomingMessage, onText: (text: string) => boolean): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    let pending: string[] = [];
+    const settle = (err?: Error) => {
+      if (settled) return;
+      settled = true;
+      response.off('data', onData);
+      if (err) reject(err);
+      else resolve();
+    };
+    const flush = () => {
+      if (settled || pending.length === 0) return;
+      const text = pending.length === 1 ? pending[0]! : pending.join('');
+      pending = [];
+      let done: boolean;
+      try {
+        done = onText(text);
+      } catch (err) {
+        settle(err as Error);
+        return;
+      }
+      if (done) settle();
+    };
+    const onData = (text: string) => {
+      if (pending.push(text) === 1) queueMicrotask(flush);
+    };
+    response.on('data', onData);
     response.on('end', () => {
-      this.ended = true;
-      this.notify();
+      flush();
+      settle();
     });
     response.on('error', (err) => {
-      this.error ??= new BodyBrokeOff(err.message);
-      this.notify();
+      flush();
+      settle(new BodyBrokeOff(err.message));
     });
     response.on('close', () => {
+      flush();
       // closed before its end without an error of its own
-      if (!this.ended) this.error ??= new BodyBrokeOff('aborted');
-      this.notify();
+      settle(response.complete ? undefined : new BodyBrokeOff('aborted'));
     });
-  }
-
-  /** The text that arrived (what came before a failure first), null at the end of the body; throws when the body broke off. */
-  async read(): Promise<string | null> {
-    while (this.pieces.length === 0) {
-      if (this.error) throw this.error;
-      if (this.ended) return null;
-      await new Promise<void>((resolve) => {
-        this.wake = resolve;
-      });
-    }
-    const text = this.pieces.length === 1 ? this.pieces[0]! : this.pieces.join('');
-    this.pieces = [];
-    if (this.response.isPaused()) this.response.resume();
-    return text;
-  }
-
-  private notify(): void {
-    const wake = this.wake;
-    this.wake = null;
-    wake?.();
-  }
+  });
 }
 
 /**

@@ -1,7 +1,7 @@
 /**
  * Reads an OpenAI chat completions event stream (`text/event-stream` of `chat.completion.chunk`s, as
  * OpenAI, vLLM, Ollama, DeepSeek, Qwen … send it) into LlmChunks. Text in, chunks out, no I/O: the
- * provider feeds it whatever a socket read delivered and yields what comes back.
+ * provider feeds it whatever a socket read delivered and hands on what comes back.
  *
  * Deltas of one read are merged (consecutive text, consecutive reasoning): under load a read carries
  * many tokens, and every chunk costs a trip through the runtime and the bus. Tool calls are

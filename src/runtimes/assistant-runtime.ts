@@ -24,17 +24,17 @@ export class AssistantRuntime implements Runtime {
       const calls: LlmToolCall[] = [];
       let text = '';
       try {
-        for await (const chunk of provider.stream({
+        await provider.stream({
           messages, tools: toolSpecs.length ? toolSpecs : undefined, model: spec.model.name,
           temperature: spec.model.temperature, maxTokens: spec.model.max_tokens, signal,
-        })) {
+        }, (chunk) => {
           switch (chunk.type) {
             case 'text': text += chunk.text; ctx.emit({ kind: 'delta', content: chunk.text, reasoning: '' }); break;
             case 'reasoning': ctx.emit({ kind: 'delta', content: '', reasoning: chunk.text }); break;
             case 'tool_call': calls.push(chunk.call); break;
             case 'finish': usage = addUsage(usage, chunk.usage); break;
           }
-        }
+        });
       } finally {
         ctx.emit({ kind: 'llm_end' });
       }

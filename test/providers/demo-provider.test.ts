@@ -15,9 +15,10 @@ function request(messages: LlmMessage[], over: Partial<LlmRequest> = {}): LlmReq
   return { messages, signal: new AbortController().signal, ...over };
 }
 
-async function collect(stream: AsyncIterable<LlmChunk>): Promise<LlmChunk[]> {
+/** One model call's chunks, in the order they were handed over. */
+async function collect(provider: LlmProvider, req: LlmRequest): Promise<LlmChunk[]> {
   const out: LlmChunk[] = [];
-  for await (const c of stream) out.push(c);
+  await provider.stream(req, (c) => out.push(c));
   return out;
 }
 
@@ -27,24 +28,24 @@ const text = (chunks: LlmChunk[], type: 'text' | 'reasoning' = 'text') =>
 describe('DemoProvider', () => {
   it('streams a deterministic, clearly labelled echo word by word, then a finish with usage', async () => {
     const req = () => request([{ role: 'user', content: 'Tell me about Parley' }]);
-    const chunks = await collect(demo.stream(req()));
+    const chunks = await collect(demo, req());
     expect(text(chunks)).toBe('This is Parley\'s offline demo model. You said: "Tell me about Parley". Configure llm.providers (or PARLEY_LLM_BASE_URL) to talk to a real model.');
     expect(chunks.filter((c) => c.type === 'text').length).toBeGreaterThan(10);
     const finish = chunks.at(-1);
     expect(finish).toMatchObject({ type: 'finish', reason: 'stop', usage: { prompt_tokens: 4 } });
     expect(finish?.type === 'finish' && finish.usage.completion_tokens).toBe(chunks.length - 1);
-    expect(await collect(demo.stream(req()))).toEqual(chunks);
+    expect(await collect(demo, req())).toEqual(chunks);
   });
 
   it('thinks aloud briefly before answering a question', async () => {
-    const chunks = await collect(demo.stream(request([{ role: 'user', content: 'Is this real?' }])));
+    const chunks = await collect(demo, request([{ role: 'user', content: 'Is this real?' }]));
     expect(text(chunks, 'reasoning')).not.toBe('');
     expect(chunks.findIndex((c) => c.type === 'reasoning')).toBeLessThan(chunks.findIndex((c) => c.type === 'text'));
     expect(text(chunks)).toContain('You said: "Is this real?"');
   });
 
   it('calls the calculator for arithmetic when it is offered', async () => {
-    const chunks = await collect(demo.stream(request([{ role: 'user', content: 'What is 12 * (3 + 4)?' }], { tools: TOOLS })));
+    const chunks = await collect(demo, request([{ role: 'user', content: 'What is 12 * (3 + 4)?' }], { tools: TOOLS }));
     expect(chunks).toEqual([
       { type: 'tool_call', call: { id: expect.any(String), name: 'calculator', args: { expression: '12 * (3 + 4)' } } },
       { type: 'finish', reason: 'tool_calls', usage: expect.any(Object) },
@@ -52,23 +53,23 @@ describe('DemoProvider', () => {
   });
 
   it('calls current_time for a time question when it is offered', async () => {
-    const chunks = await collect(demo.stream(request([{ role: 'user', content: 'What time is it?' }], { tools: TOOLS })));
+    const chunks = await collect(demo, request([{ role: 'user', content: 'What time is it?' }], { tools: TOOLS }));
     expect(chunks[0]).toEqual({ type: 'tool_call', call: { id: expect.any(String), name: 'current_time', args: {} } });
     expect(chunks[1]).toMatchObject({ type: 'finish', reason: 'tool_calls' });
   });
 
   it('answers in text when the matching tool is not offered', async () => {
-    const chunks = await collect(demo.stream(request([{ role: 'user', content: 'What is 2 + 2?' }], { tools: [tool('current_time')] })));
+    const chunks = await collect(demo, request([{ role: 'user', content: 'What is 2 + 2?' }], { tools: [tool('current_time')] }));
     expect(chunks.some((c) => c.type === 'tool_call')).toBe(false);
     expect(text(chunks)).toContain('You said: "What is 2 + 2?"');
   });
 
   it('answers from the tool output after the tool ran', async () => {
-    const chunks = await collect(demo.stream(request([
+    const chunks = await collect(demo, request([
       { role: 'user', content: 'What is 12 * (3 + 4)?' },
       { role: 'assistant', content: '', toolCalls: [{ id: 'call_1', name: 'calculator', args: { expression: '12 * (3 + 4)' } }] },
       { role: 'tool', toolCallId: 'call_1', toolName: 'calculator', content: '84' },
-    ], { tools: TOOLS })));
+    ], { tools: TOOLS }));
     expect(text(chunks)).toBe('The result is 84.');
     expect(chunks.at(-1)).toMatchObject({ type: 'finish', reason: 'stop' });
   });
@@ -77,10 +78,10 @@ describe('DemoProvider', () => {
     const slow = new DemoProvider({ tokenDelayMs: 50 });
     const ac = new AbortController();
     const chunks: LlmChunk[] = [];
-    for await (const c of slow.stream(request([{ role: 'user', content: 'Tell me a long story' }], { signal: ac.signal }))) {
+    await slow.stream(request([{ role: 'user', content: 'Tell me a long story' }], { signal: ac.signal }), (c) => {
       chunks.push(c);
       if (chunks.length === 2) ac.abort();
-    }
+    });
     expect(chunks).toHaveLength(2);
   });
 
@@ -116,10 +117,10 @@ describe('ProviderRegistry', () => {
   it('accepts injected providers, replacing one of the same name', async () => {
     const fake: LlmProvider = {
       name: 'default',
-      async *stream() { yield { type: 'finish', reason: 'stop', usage: { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 } }; },
+      async stream(_req, onChunk) { onChunk({ type: 'finish', reason: 'stop', usage: { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 } }); },
     };
     const registry = createProviders(loadConfig({ file: null }).config).register(fake);
     expect(registry.get('default')).toBe(fake);
-    expect(await collect(registry.get('default').stream(request([])))).toHaveLength(1);
+    expect(await collect(registry.get('default')!, request([]))).toHaveLength(1);
   });
 });

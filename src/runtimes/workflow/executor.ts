@@ -389,22 +389,25 @@ class Run {
     const messages: LlmMessage[] = [...(system ? [{ role: 'system' as const, content: system }] : []), { role: 'user', content: prompt }];
     let text = '';
     let reasoning = '';
+    // a frame's emit may be async: they go out one after another, in chunk order
+    let emitted = Promise.resolve();
     try {
-      for await (const chunk of provider.stream({
+      await provider.stream({
         messages, model, temperature: data.model?.temperature ?? defaults.temperature, maxTokens: data.model?.max_tokens ?? defaults.max_tokens, signal: ctx.signal,
-      })) {
+      }, (chunk) => {
         if (chunk.type === 'finish') this.addUsage(chunk.usage);
-        if (chunk.type !== 'text' && chunk.type !== 'reasoning') continue;
+        if (chunk.type !== 'text' && chunk.type !== 'reasoning') return;
         if (chunk.type === 'text') text += chunk.text;
         else reasoning += chunk.text;
         if (streamed) {
-          await this.emit('stream_msg', 'stream', {
-            ...base, msg: chunk.type === 'text' ? chunk.text : '', reasoning_content: chunk.type === 'reasoning' ? chunk.text : '', output_key: outputKey,
-          });
+          const message = { ...base, msg: chunk.type === 'text' ? chunk.text : '', reasoning_content: chunk.type === 'reasoning' ? chunk.text : '', output_key: outputKey };
+          emitted = emitted.then(() => this.emit('stream_msg', 'stream', message).then(() => undefined));
         }
-      }
+      });
     } catch (err) {
       if (!ctx.signal.aborted) throw err;
+    } finally {
+      await emitted;
     }
     const full = { ...base, msg: text, reasoning_content: reasoning, output_key: outputKey };
     if (ctx.signal.aborted) {

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
+import { setFlagsFromString } from 'node:v8';
 import { AuthService } from './auth/auth-service.ts';
 import { TokenService } from './auth/tokens.ts';
 import { ConfigError, loadConfig, type Config } from './config/config.ts';
@@ -28,7 +29,20 @@ function load(): Config {
   }
 }
 
+/**
+ * V8 lets the old generation grow to several times what survived its last full collection before it
+ * collects again. A chat server's turn state lives about a second — long enough to be promoted, soon
+ * garbage after — so the heap fills with dead turns: RSS peaks of 220–275 MiB at 100 streams, of which
+ * ~40 MiB are live. A growing factor of 2 collects sooner (concurrently, off the main thread): peaks
+ * of ~192 MiB, and no CPU difference we could measure (interleaved runs, ±5 %). V8 reads the flag at
+ * every collection, so it applies from here on; a `--heap-growing-percent` given to node wins.
+ */
+function boundHeapGrowth(): void {
+  if (!process.execArgv.some((a) => a.startsWith('--heap-growing-percent'))) setFlagsFromString('--heap-growing-percent=100');
+}
+
 async function serve(config: Config): Promise<void> {
+  boundHeapGrowth();
   const handle = await createServer(config);
   const url = await listen(handle);
   const log = handle.app.log;

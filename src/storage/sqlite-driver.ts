@@ -85,7 +85,7 @@ class GroupCommitCore {
       result = stmt.reader ? { rows: stmt.all(query.parameters) as R[] } : changes(stmt.run(query.parameters));
     } catch (err) {
       // most errors undo only their statement; some (disk full, I/O) roll the whole transaction back
-      if (this.group !== null && !this.db.inTransaction) this.fail(err);
+      if (this.group !== null && !this.db.inTransaction) this.fail(this.takeGroup(), err);
       return Promise.reject(err);
     }
     if (!grouped) return Promise.resolve(result);
@@ -96,24 +96,27 @@ class GroupCommitCore {
 
   /** Commits the open group; its writes resolve (or all reject with the error). */
   commit(): void {
-    const group = this.group;
-    if (group === null) return;
-    this.group = null;
-    openGroups.delete(this);
+    if (this.group === null) return;
+    const group = this.takeGroup();
     try {
       this.db.exec('COMMIT');
     } catch (err) {
-      this.group = group;
-      this.fail(err);
+      this.fail(group, err);
       return;
     }
     for (const w of group) w.resolve();
   }
 
-  private fail(err: unknown): void {
+  /** The open group's writes; the group is closed. */
+  private takeGroup(): Waiter[] {
     const group = this.group ?? [];
     this.group = null;
     openGroups.delete(this);
+    return group;
+  }
+
+  /** Rolls back what is left of a failed group and rejects its writes. */
+  private fail(group: Waiter[], err: unknown): void {
     try {
       if (this.db.inTransaction) this.db.exec('ROLLBACK');
     } catch {
@@ -198,9 +201,9 @@ export interface CachingSqliteDatabase extends KyselySqliteDatabase {
 }
 
 /**
- * Wraps better-sqlite3 for Kysely's SqliteDialect so every SQL text is prepared once: Kysely's
- * SqliteDriver calls `prepare(sql)` for every query, then `reader` and `all`/`run` (executeQuery)
- * or `iterate` (streamQuery), and `close()` on destroy. Prepared statements are kept in a map in
+ * Wraps better-sqlite3 so every SQL text is prepared once, in the shape Kysely's SqliteDialect
+ * takes (the group-commit driver above uses it the same way): `prepare(sql)` for every query, then
+ * `reader` and `all`/`run`, or `iterate` for a stream, and `close()` on destroy. Prepared statements are kept in a map in
  * least-recently-used order, bounded by `max`, so SQL built from varying lists (`in (…)` with
  * any number of values) cannot grow it without end; an evicted statement is simply garbage.
  *

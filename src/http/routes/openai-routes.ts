@@ -691,12 +691,9 @@ async function streamCompletion(reply: FastifyReply, completion: Completion, enc
   let held = '';
   try {
     await completion.events.each((e) => {
+      const chunks = enc.push(e);
       const b = e.body;
-      let text: string;
-      if (b.kind === 'delta' && b.content && !b.reasoning) {
-        enc.streamed += b.content; // all that push() keeps of it
-        text = head + JSON.stringify(b.content) + tail;
-      } else text = enc.push(e).map(line).join('');
+      const text = b.kind === 'delta' && b.content && !b.reasoning ? head + JSON.stringify(b.content) + tail : chunks.map(line).join('');
       if (!text) return;
       if (e.body.kind === 'begin' && !sse.opened) held += text;
       else {

@@ -26,7 +26,7 @@ describe('Astron-compatible API', () => {
 
   beforeAll(async () => {
     mock = await MockLlm.start();
-    server = await startServer({ name: 'sqlite' }, mockConfig(mock, { chat: { heartbeat_interval: 1 }, llm: { stall_timeout: 1 } }));
+    server = await startServer({ name: 'sqlite' }, mockConfig(mock, { chat: { heartbeat_interval: 1 }, llm: { stall_timeout: 3 } }));
     const { admin, user } = await adminAndUser(server);
     app = await publishedApp(admin, { kind: 'assistant', provider: 'mock', tools: ['calculator'] });
     ({ key } = await createApiKey(user));
@@ -68,7 +68,7 @@ describe('Astron-compatible API', () => {
   });
 
   it('sends `data: {"ping": "pong"}` while silent', async () => {
-    mock.enqueue({ text: 'eventually', ttftMs: 2500 });
+    mock.enqueue({ text: 'eventually', ttftMs: 2000 });
     const r = await (await call(body(app))).finish();
     expect(r.events.some((e) => e.data === '{"ping":"pong"}')).toBe(true);
     expect(r.events.at(-1)!.data).toBe('[DONE]');

@@ -228,16 +228,15 @@ export class ChatService implements TurnControl {
     // anything of it is stored (a stop in the meantime aborts the turn before it runs)
     const turn = this.take(key, principal.id);
 
-    let conv: ConversationRow | null = null;
     let history: LlmMessage[] = input.history ?? [];
     const blocked = this.moderation.checkInput(input.text);
     try {
       await this.consumeRate(principal.id);
-      if (target.chatId !== null) {
-        conv = await this.ensureConversation(principal, target, input.text);
+      // a conversation resolveTarget found missing has no messages yet: it is created with the question (storeQuestion)
+      if (target.chatId !== null && target.conversation !== null && !input.history) {
         const window = target.spec.history_window ?? this.deps.config.chat.max_history_messages;
         // the context is read before the question is stored, so it holds only earlier messages
-        if (!input.history) history = window > 0 ? buildContext(await this.deps.repos.messages.context(target.chatId, window * 2 + 10), window) : [];
+        history = window > 0 ? buildContext(await this.deps.repos.messages.context(target.chatId, window * 2 + 10), window) : [];
       }
     } catch (err) {
       this.running.delete(key);
@@ -245,7 +244,7 @@ export class ChatService implements TurnControl {
     }
     // The turn starts now and its question is stored while the model works on the first token: the
     // turn's events wait (in drive) for the seq floor, and its answer for the question's id.
-    const stored = this.storeQuestion(turn, input, conv, blocked);
+    const stored = this.storeQuestion(turn, input, blocked);
     const questionId = stored.then((s) => s.questionId);
     questionId.catch(() => undefined);
     this.start(turn, this.idsOf(principal, target), stored.then((s) => s.fromSeq), this.chatWork(turn, input, { questionId, history, blocked }));
@@ -262,14 +261,18 @@ export class ChatService implements TurnControl {
   }
 
   /**
-   * Stores a turn's question and reserves its seqs, after yielding once to the event loop: the work
-   * launched just before has then sent its upstream request (SQLite runs synchronously and would
-   * otherwise hold it back).
+   * Creates the conversation if it is new, stores the turn's question and reserves its seqs, after
+   * yielding once to the event loop: the work launched just before has then sent its upstream request
+   * (SQLite runs synchronously and would otherwise hold it back), so that request never waits for
+   * these writes, not even on a conversation's first question. A conversation another user created
+   * in the meantime is refused here (the turn then ends with nothing published or stored; its
+   * context was empty, so the model saw nothing of theirs).
    */
-  private async storeQuestion(turn: RunningTurn, input: AskInput, conv: ConversationRow | null, blocked: string | null): Promise<{ questionId: number | null; fromSeq: number }> {
+  private async storeQuestion(turn: RunningTurn, input: AskInput, blocked: string | null): Promise<{ questionId: number | null; fromSeq: number }> {
     const { principal, target } = input;
-    if (target.chatId === null) return { questionId: null, fromSeq: await this.seqFloor(turn.key, conv) };
+    if (target.chatId === null) return { questionId: null, fromSeq: await this.seqFloor(turn.key, null) };
     await setImmediate();
+    const conv = await this.ensureConversation(principal, target, input.text);
     // independent writes, issued together (on SQLite they share one commit)
     const [q, fromSeq] = await Promise.all([
       this.deps.repos.messages.insert({

@@ -97,6 +97,7 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
   let user: Api;
   let userId: number;
   let bob: Api;
+  let bobId: number;
   let chatApp: string;
   let assistantApp: string;
   const sockets: WsClient[] = [];
@@ -129,7 +130,7 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
       moderation: { input_words: ['forbidden'], output_words: ['badword'], input_reply: 'Cannot answer that.', output_reply: 'Answer withheld.' },
     }));
     ({ admin, user, userId } = await adminAndUser(server));
-    ({ user: bob } = await adminAndUser(server, 'bob'));
+    ({ user: bob, userId: bobId } = await adminAndUser(server, 'bob'));
     chatApp = await publishedApp(admin, { kind: 'chat', provider: 'mock' });
     assistantApp = await publishedApp(admin, { kind: 'assistant', provider: 'mock', tools: TOOLS });
   });
@@ -835,6 +836,38 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
       expect(await rows(chatId)).toEqual(before);
       expect(owner.frames.slice(n)).toEqual([]);
       expect(mock.requests).toHaveLength(1);
+    });
+
+    it('a first question races another user creating the same chat_id: refused (10403), nothing stored there, the model never sees their messages', async () => {
+      const chatId = newChatId();
+      const ws = await ready(await connect(chatApp, chatId));
+      const other = await ready(await connect(chatApp, chatId, { api: bob }));
+      // the question's checks find no conversation; before the turn stores anything, bob creates it
+      const chat = server.handle.services.chat;
+      const original = chat.resolveTarget.bind(chat);
+      chat.resolveTarget = async (p, ...rest) => {
+        const target = await original(p, ...rest);
+        if (p.id === userId) {
+          chat.resolveTarget = original;
+          mock.enqueue({ text: 'bob answer' });
+          await ask(other, 'bob secret');
+          mock.enqueue({ text: tokens(50), delayMs: 20 });
+        }
+        return target;
+      };
+      onTestFinished(() => { chat.resolveTarget = original; });
+      const from = ws.frames.length;
+      ws.send({ inputs: { input: 'mine' } });
+      await ws.until((f) => f.slice(from).some((x) => x.category === 'error'), 10_000, 'an error frame');
+      const err = ws.frames.slice(from).find((x) => x.category === 'error')!;
+      expect(err.message).toMatchObject({ status_code: 10403 });
+      expect(ws.frames.slice(from).filter((f) => f.category !== 'error')).toEqual([]);
+      // the first request was bob's own turn; the refused turn's (sent while its question was being stored) held only its own question
+      expect(mock.requests.length).toBeGreaterThanOrEqual(1);
+      for (const r of mock.requests.slice(1)) expect(JSON.stringify(r.messages)).not.toContain('bob');
+      expect((await rows(chatId)).map((m) => [m.user_id, m.category, m.message])).toEqual([
+        [bobId, 'question', JSON.stringify({ input: 'bob secret' })], [bobId, 'answer', 'bob answer'],
+      ]);
     });
 
     it('a user watching a chat_id before its owner asks never receives the owner\'s frames', async () => {

@@ -24,7 +24,7 @@ function start(cwd: string, env: Record<string, string> = {}): Promise<Started> 
     const proc = spawn(process.execPath, [CLI, 'serve'], { cwd, env: cleanEnv({ PARLEY_PORT: '0', PARLEY_HOST: '127.0.0.1', ...env }), stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${out}\n${err}`)), 20_000);
+    const timer = setTimeout(() => reject(new Error(`server did not start:\n${out}\n${err}`)), 40_000);
     proc.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
       const m = /"url":"(http:\/\/[^"]+)".*"msg":"parley listening"/.exec(out);
@@ -46,7 +46,8 @@ function stop(s: Started): Promise<number | null> {
   });
 }
 
-describe('parley serve with no configuration', () => {
+// cold starts of tsx on a loaded machine: each test starts one or two servers
+describe('parley serve with no configuration', { timeout: 90_000 }, () => {
   const dir = mkdtempSync(join(tmpdir(), 'parley-cli-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 

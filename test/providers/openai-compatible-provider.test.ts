@@ -1,4 +1,4 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { loadConfig } from '../../src/config/config.ts';
 import { AppError } from '../../src/domain/errors.ts';
 import type { LlmChunk, LlmProvider, LlmRequest, LlmToolSpec } from '../../src/domain/llm.ts';
@@ -199,7 +199,7 @@ describe('OpenAiCompatibleProvider: failures', () => {
 
   it('retries a stall that happens before the first token', async () => {
     mock.enqueue({ stallAfter: 0 }, { text: 'fresh start' });
-    const chunks = await collect(provider({ stallTimeoutMs: 300, maxRetries: 1 }), request());
+    const chunks = await collect(provider({ stallTimeoutMs: 1000, maxRetries: 1 }), request());
     expect(text(chunks)).toBe('fresh start');
     expect(mock.requests).toHaveLength(2);
   });
@@ -222,10 +222,12 @@ describe('OpenAiCompatibleProvider: abort', () => {
   it('aborting while the upstream is silent ends the iteration promptly', async () => {
     mock.enqueue({ text: 'one two', stallAfter: 1 });
     const ac = new AbortController();
-    const iterating = collect(provider({ stallTimeoutMs: 60_000 }), request({ signal: ac.signal }));
-    await new Promise((r) => setTimeout(r, 200));
+    const chunks: LlmChunk[] = [];
+    const iterating = provider({ stallTimeoutMs: 60_000 }).stream(request({ signal: ac.signal }), (c) => chunks.push(c));
+    // the first token came; then the upstream goes silent
+    await vi.waitFor(() => expect(text(chunks)).toBe('one'), { timeout: 5000 });
     ac.abort();
-    const chunks = await iterating;
+    await iterating;
     expect(text(chunks)).toBe('one');
     await mock.waitForAbort(2000);
   });

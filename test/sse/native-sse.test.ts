@@ -103,7 +103,7 @@ describe('native SSE: POST /api/v1/chat/{app_id}/completions', () => {
   });
 
   it('writes `: ping` comments while the turn is silent', async () => {
-    mock.enqueue({ text: 'late', ttftMs: 2500 });
+    mock.enqueue({ text: 'late', ttftMs: 2000 });
     const r = await (await post({ inputs: { input: 'slow' }, chat_id: newChatId() })).finish();
     expect(r.comments).toContain('ping');
     expect(frames(r).at(-1)!.type).toBe('close');

@@ -520,12 +520,12 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
     });
   });
 
-  describe('a server with replay_ttl 1 and run_on_disconnect false', () => {
+  describe('a server with replay_ttl 3 and run_on_disconnect false', () => {
     let ttlServer: TestServer;
     let ttlUser: Api;
     let app: string;
     beforeAll(async () => {
-      ttlServer = await startServer({ name: 'sqlite' }, mockConfig(mock, { chat: { replay_ttl: 1, run_on_disconnect: false } }));
+      ttlServer = await startServer({ name: 'sqlite' }, mockConfig(mock, { chat: { replay_ttl: 3, run_on_disconnect: false } }));
       ttlUser = await new Api(ttlServer.url).login('admin', ADMIN_PASSWORD);
       app = await publishedApp(ttlUser, { kind: 'chat', provider: 'mock' });
     });
@@ -541,7 +541,7 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
       await early.turn(0);
       expect(early.frames[0]!.message).toEqual({ resumed: true, from_seq: turn[1]!.seq });
       early.close();
-      await sleep(1300);
+      await sleep(3300);
       const late = await connect(app, chatId, { api: ttlUser, base: ttlServer.url, query: `last_seq=${turn[1]!.seq}` });
       await late.until((f) => f.length > 0, 5000, 'system/info');
       await sleep(100);

@@ -515,7 +515,8 @@ describe('WebSocket protocol, limits and connect (sqlite, mock model over HTTP)'
     let hbApp: string;
 
     beforeAll(async () => {
-      hb = await startServer({ name: 'sqlite' }, mockConfig(mock, { chat: { heartbeat_interval: 1, connection_timeout: 2 } }));
+      // the model's silences here are long on purpose: the upstream limits stay well clear of them
+      hb = await startServer({ name: 'sqlite' }, mockConfig(mock, { chat: { heartbeat_interval: 1, connection_timeout: 2 }, llm: { stall_timeout: 10, request_timeout: 30 } }));
       const { admin: a, user: u } = await adminAndUser(hb);
       hbUser = u;
       hbApp = await publishedApp(a, { kind: 'chat', provider: 'mock' });
@@ -557,7 +558,9 @@ describe('WebSocket protocol, limits and connect (sqlite, mock model over HTTP)'
       const ws = await connect(hbApp, chatId, { api: hbUser, base: hb.url });
       // silent longer than connection_timeout before the first token, then slow tokens
       mock.enqueue({ text: 'a slow but complete answer', ttftMs: 3500, delayMs: 400 });
-      const frames = await ask(ws, chatId, 'take your time');
+      const from = ws.frames.length;
+      ws.send({ chat_id: chatId, inputs: { input: 'take your time' } });
+      const frames = await ws.turn(from, 20_000);
       expect(frames.find(isEndCover)?.message).toBe('a slow but complete answer');
       // …and once the turn is over, the idle clock runs again
       const { code, reason } = await ws.waitClose(15_000);
@@ -619,7 +622,7 @@ describe('WebSocket protocol, limits and connect (sqlite, mock model over HTTP)'
 
   describe('JWT expiry on a long-lived socket', () => {
     it('the next frame after expiry gets 10401 and the socket closes with 1008', async () => {
-      const exp = Math.floor(Date.now() / 1000) + 2;
+      const exp = Math.floor(Date.now() / 1000) + 4;
       const token = await tokenExpiringAt(server, userId, exp);
       const chatId = newChatId();
       const ws = await WsClient.connect(server.url, `/api/v1/chat/${chatApp}?chat_id=${chatId}`, { token });
@@ -642,7 +645,7 @@ describe('WebSocket protocol, limits and connect (sqlite, mock model over HTTP)'
       try {
         const { admin: a, userId: uid } = await adminAndUser(sweep);
         const app = await publishedApp(a, { kind: 'chat', provider: 'mock' });
-        const token = await tokenExpiringAt(sweep, uid, Math.floor(Date.now() / 1000) + 2);
+        const token = await tokenExpiringAt(sweep, uid, Math.floor(Date.now() / 1000) + 4);
         const ws = await WsClient.connect(sweep.url, `/api/v1/chat/${app}?chat_id=${newChatId()}`, { token });
         sockets.push(ws);
         expect(ws.closeCode).toBeNull();

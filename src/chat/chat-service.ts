@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { setImmediate } from 'node:timers/promises';
 import { RateLimiterMemory } from 'rate-limiter-flexible';
 import type { AppService } from '../apps/app-service.ts';
 import { authorizeAppChat } from '../auth/policy.ts';
@@ -261,17 +260,23 @@ export class ChatService implements TurnControl {
   }
 
   /**
-   * Creates the conversation if it is new, stores the turn's question and reserves its seqs, after
-   * yielding once to the event loop: the work launched just before has then sent its upstream request
-   * (SQLite runs synchronously and would otherwise hold it back), so that request never waits for
-   * these writes, not even on a conversation's first question. A conversation another user created
-   * in the meantime is refused here (the turn then ends with nothing published or stored; its
-   * context was empty, so the model saw nothing of theirs).
+   * Creates the conversation if it is new, stores the turn's question and reserves its seqs. The
+   * upstream request never waits for their commit, not even on a conversation's first question: the
+   * turn's work sends it within the same microtasks (on SQLite the statements themselves take tens
+   * of µs; they commit when the event loop comes round).
+   *
+   * No yield before them: writes issued while the event loop handles I/O commit in this same
+   * iteration (setImmediate), so the seq floor is usually known before the model's first token
+   * arrives. Issued from a setImmediate callback instead, their commit would wait for the next
+   * iteration — and the first token, held until the floor is known, with it: under load an
+   * iteration takes milliseconds.
+   *
+   * A conversation another user created in the meantime is refused here (the turn then ends with
+   * nothing published or stored; its context was empty, so the model saw nothing of theirs).
    */
   private async storeQuestion(turn: RunningTurn, input: AskInput, blocked: string | null): Promise<{ questionId: number | null; fromSeq: number }> {
     const { principal, target } = input;
     if (target.chatId === null) return { questionId: null, fromSeq: await this.seqFloor(turn.key, null) };
-    await setImmediate();
     const conv = await this.ensureConversation(principal, target, input.text);
     // independent writes, issued together (on SQLite they share one commit)
     const [q, fromSeq] = await Promise.all([

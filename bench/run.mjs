@@ -8,7 +8,8 @@
 // tables that also go to bench/RESULTS.md. See bench/README.md.
 //
 // Env: BENCH_RUNS [3; 1 in quick mode]   BENCH_QUICK=1 (a ~2-minute smoke)   BENCH_PROFILE=1 (adds a
-// --cpu-prof run of the 100-stream WebSocket case; profile and top functions in bench/out/)
+// --cpu-prof run of the 100-stream WebSocket case, or of the SSE one with BENCH_PROFILE_PROTO=sse;
+// profile and top functions in bench/out/)
 // BENCH_PHASES [stream,saturation,idle,turns(,profile)]   BENCH_IDLE [10000]   BENCH_PG_URL
 // [postgres://postgres@127.0.0.1:5432/postgres]   BENCH_MAX_MINUTES [45] (hard stop of the whole run)
 // BENCH_RESULTS [bench/RESULTS.md]   BENCH_QUIET [30] / BENCH_QUIET_WAIT [120]: before each load wait (≤ 15 s,
@@ -30,6 +31,9 @@ const env = process.env;
 const QUICK = env.BENCH_QUICK === '1';
 const RUNS = Math.max(1, Number(env.BENCH_RUNS ?? (QUICK ? 1 : 3)));
 const PROFILE = env.BENCH_PROFILE === '1';
+const PROFILE_PROTO = env.BENCH_PROFILE_PROTO === 'sse' ? 'sse' : 'ws'; // which transport the profile phase loads
+const PROFILE_RELAY = PROFILE_PROTO === 'sse' ? 'SSE' : 'ws';
+const PROFILE_STREAMS = PROFILE_PROTO === 'sse' ? 'OpenAI SSE' : 'WebSocket';
 const PHASES = new Set((env.BENCH_PHASES || 'stream,saturation,idle,turns').split(',').map((s) => s.trim()).filter(Boolean));
 if (PROFILE) PHASES.add('profile');
 const IDLE_N = Number(env.BENCH_IDLE ?? (QUICK ? 2000 : 10_000));
@@ -413,10 +417,10 @@ function readProfile(dir, r) {
 }
 
 async function profilePhase() {
-  log('phase profile: Parley and the raw ws relay under --cpu-prof, 100 concurrent WebSocket turns (mock 5 ms apart)');
+  log(`phase profile: Parley and the raw ${PROFILE_RELAY} relay under --cpu-prof, 100 concurrent ${PROFILE_STREAMS} turns (mock 5 ms apart)`);
   const dir = path.join(OUT, `profile-${STAMP}`);
   const pdir = path.join(dir, 'parley');
-  const rdir = path.join(dir, 'ws-relay');
+  const rdir = path.join(dir, `${PROFILE_PROTO}-relay`);
   fs.mkdirSync(pdir, { recursive: true });
   fs.mkdirSync(rdir, { recursive: true });
   const profArgs = (d) => ['--cpu-prof', `--cpu-prof-dir=${d}`, '--cpu-prof-interval=500'];
@@ -428,13 +432,14 @@ async function profilePhase() {
   try {
     const parley = await startParley('parley-profile', { mock, nodeArgs: profArgs(pdir) });
     try {
-      r = await load({ ...targets({ mock, parley, wsr: {}, ssr: {} })['parley-ws'], ...common, label: 'parley-ws (profiled)' }, { phase: 'profile', run: 1, delay: 5, target: 'parley-ws-prof' });
+      r = await load({ ...targets({ mock, parley, wsr: {}, ssr: {} })[`parley-${PROFILE_PROTO}`], ...common, label: `parley-${PROFILE_PROTO} (profiled)` }, { phase: 'profile', run: 1, delay: 5, target: `parley-${PROFILE_PROTO}-prof` });
     } finally { await stop(parley.proc, 30_000); }
     // the same load on the raw relay, profiled the same way: what the per-token work costs at the minimum
-    const wsr = await startRelay('ws', { ...mock, name: 'profile' }, profArgs(rdir));
+    const relay = await startRelay(PROFILE_PROTO, { ...mock, name: 'profile' }, profArgs(rdir));
     try {
-      rr = await load({ proto: 'ws', url: `ws://127.0.0.1:${wsr.port}`, format: 'relay', message: 'relay', pid: wsr.pid, ...common, label: 'ws-relay (profiled)' }, { phase: 'profile', run: 1, delay: 5, target: 'ws-relay-prof' });
-    } finally { await stop(wsr.proc); }
+      const cfg = targets({ mock, parley: {}, wsr: relay, ssr: relay })[`${PROFILE_PROTO}-relay`];
+      rr = await load({ ...cfg, ...common, label: `${PROFILE_PROTO}-relay (profiled)` }, { phase: 'profile', run: 1, delay: 5, target: `${PROFILE_PROTO}-relay-prof` });
+    } finally { await stop(relay.proc); }
   } finally {
     await stop(mock.proc);
   }
@@ -600,8 +605,8 @@ function perTokenTable(p, rp) {
     ...p.modules.filter((m) => m.name !== '(native / V8 builtins)').slice(0, 12).map((m) => [m.name, us(m.selfMs, p), rmods.has(m.name) ? us(rmods.get(m.name), rp) : 0]),
   ];
   return [
-    '', `CPU µs per delivered token, Parley beside the raw \`ws\` relay under the same load (${fmt(p.load.tokensPerS, 0)} vs ${fmt(rp.load.tokensPerS, 0)} tok/s while profiled; relay profile \`${rp.file}\`):`, '',
-    '| where (self time) | Parley µs / token | raw ws relay µs / token |', '|---|---:|---:|',
+    '', `CPU µs per delivered token, Parley beside the raw \`${PROFILE_RELAY}\` relay under the same load (${fmt(p.load.tokensPerS, 0)} vs ${fmt(rp.load.tokensPerS, 0)} tok/s while profiled; relay profile \`${rp.file}\`):`, '',
+    `| where (self time) | Parley µs / token | raw ${PROFILE_RELAY} relay µs / token |`, '|---|---:|---:|',
     ...rows2.map(([n, a, b]) => `| ${n} | ${fmt(a, 1)} | ${fmt(b, 1)} |`),
   ];
 }
@@ -609,7 +614,7 @@ function perTokenTable(p, rp) {
 function profileMarkdown(p, rp = null) {
   const lines = [
     `Profile: \`${p.file}\`, ${p.windowed ? 'the measured phase only' : 'the whole process (start-up included)'}: ${fmt(p.totalMs, 0)} ms sampled; idle ${fmt(p.idlePct)} %, GC ${fmt(p.gcPct)} %, program ${fmt(p.programPct)} %.`,
-    p.load ? `Load while profiled: ${p.load.concurrency} WebSocket streams, ${p.load.completed}/${p.load.requests} turns ok, ${fmt(p.load.tokensPerS, 0)} tok/s, ${fmt(p.load.cpuMsPer1kTokens)} CPU ms per 1k tokens (with the profiler's overhead).` : '',
+    p.load ? `Load while profiled: ${p.load.concurrency} ${PROFILE_STREAMS} streams, ${p.load.completed}/${p.load.requests} turns ok, ${fmt(p.load.tokensPerS, 0)} tok/s, ${fmt(p.load.cpuMsPer1kTokens)} CPU ms per 1k tokens (with the profiler's overhead).` : '',
     '',
     '| # | self ms | self % of busy | function | where |', '|---:|---:|---:|---|---|',
     ...p.functions.slice(0, 25).map((f, i) => `| ${i + 1} | ${fmt(f.selfMs, 0)} | ${fmt(f.pct)} | \`${f.name}\` | ${f.where} |`),
@@ -660,7 +665,7 @@ function report() {
   if (tt) parts.push(`## 4. Turns per second end to end (question stored → answer stored): ${TURN_TOKENS}-token answers, no delay, ${PLAN.turns.c} WebSocket clients`, '', tt, '');
   parts.push('## Targets (issue 6)', '', targetsTable(), '');
   parts.push('## 5. Verification failures', '', failuresText(), '');
-  if (profileSummary) parts.push('## CPU profile: Parley, 100 WebSocket streams', '', profileMarkdown(profileSummary, relayProfile));
+  if (profileSummary) parts.push(`## CPU profile: Parley, 100 ${PROFILE_STREAMS} streams`, '', profileMarkdown(profileSummary, relayProfile));
   const foreign = rows.map((r) => r.foreignCpuPct).filter((x) => x !== null && x !== undefined);
   if (foreign.length) {
     parts.push(`CPU used by processes other than the bench's during the loads (noise from other work on the machine; "other CPU %" in the tables): median ${fmt(median(foreign))} %, max ${fmt(Math.max(...foreign))} % of one core. Before the loads the bench waited ${fmt(quietWaitedMs / 1000, 0)} s in all for the others to use less than ${QUIET_PCT} % (BENCH_QUIET, BENCH_QUIET_WAIT).`, '');

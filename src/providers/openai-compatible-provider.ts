@@ -114,7 +114,12 @@ export class OpenAiCompatibleProvider implements LlmProvider {
       }
       timer = setTimeout(tick, Math.min(deadline, stallAt) - now);
     };
-    const onCallerAbort = () => controller.abort();
+    // the caller's abort, as a plain flag: `signal.aborted` is a checked getter, and deliver asks per chunk
+    let callerAborted = false;
+    const onCallerAbort = () => {
+      callerAborted = true;
+      controller.abort();
+    };
     signal.addEventListener('abort', onCallerAbort, { once: true });
 
     // a chunk reached the caller: no retry after that
@@ -124,7 +129,7 @@ export class OpenAiCompatibleProvider implements LlmProvider {
     const deliver = (chunks: LlmChunk[]) => {
       for (const chunk of chunks) {
         // after an abort nothing more is delivered
-        if (signal.aborted) return;
+        if (callerAborted) return;
         delivered = true;
         try {
           onChunk(chunk);

@@ -279,7 +279,7 @@ export class ChatService implements TurnControl {
     if (target.chatId === null) return { questionId: null, fromSeq: await this.seqFloor(turn.key, null) };
     const conv = await this.ensureConversation(principal, target, input.text);
     // independent writes, issued together (on SQLite they share one commit)
-    const [q, fromSeq] = await Promise.all([
+    const [questionId, fromSeq] = await Promise.all([
       this.deps.repos.messages.insert({
         ...this.rowBase(this.idsOf(principal, target), turn.turnId), is_bot: 0, type: 'human', category: 'question',
         message: JSON.stringify(input.inputs), sensitive_status: blocked ? 2 : 1,
@@ -287,7 +287,7 @@ export class ChatService implements TurnControl {
       this.seqFloor(turn.key, conv),
       blocked ? this.deps.repos.conversations.update(target.chatId, { sensitive_status: 2 }) : undefined,
     ]);
-    return { questionId: q.id, fromSeq };
+    return { questionId, fromSeq };
   }
 
   /** Re-runs the last question of a conversation; the old answer stays as a sibling. */
@@ -713,7 +713,7 @@ export class ChatService implements TurnControl {
       // the conversation was marked active when the turn started (reserveSeq): one row needs no transaction
       const id = toolRows.length
         ? (await repos.messages.insertMany([...toolRows.map((r) => ({ ...r, parent_message_id: parent })), row])).at(-1)!.id
-        : (await repos.messages.insert(row)).id;
+        : await repos.messages.insert(row);
       if (moderation === 'output') await repos.conversations.update(target.chatId, { sensitive_status: 2 });
       return id;
     };

@@ -135,24 +135,27 @@ describe.each(dbTargets())('repositories on $name', (target) => {
     expect(context).toEqual(messages.slice(3).map(pick));
 
     const one = await repos.messages.insert(row(conversation.chat_id, conversation.user_id, 'answer'));
-    expect(one.id).toBeGreaterThan(ids.at(-1)!);
-    const edited = await repos.messages.update(one.id, { message: 'edited', remark: 'r' });
+    expect(one).toBeGreaterThan(ids.at(-1)!);
+    const edited = await repos.messages.update(one, { message: 'edited', remark: 'r' });
     expect(edited).toMatchObject({ message: 'edited', remark: 'r' });
-    await repos.messages.delete(one.id);
-    expect(await repos.messages.get(one.id)).toBeUndefined();
+    await repos.messages.delete(one);
+    expect(await repos.messages.get(one)).toBeUndefined();
   });
 
   it('prepared statements: each run with its own arguments; inserts of different column sets', async () => {
     const { conversation } = await seed(1);
     const { chat_id: chatId, user_id: userId } = conversation;
     // one INSERT shape without the optional columns, one with them (and one given as undefined: left out)
-    const plain = await repos.messages.insert(row(chatId, userId, 'answer'));
-    const full = await repos.messages.insert({ ...row(chatId, userId, 'answer'), message: 'with usage', tokens: 42, latency_ms: 7, liked: undefined });
-    const again = await repos.messages.insert({ ...row(chatId, userId, 'question'), message: 'second plain' });
+    const ids = [
+      await repos.messages.insert(row(chatId, userId, 'answer')),
+      await repos.messages.insert({ ...row(chatId, userId, 'answer'), message: 'with usage', tokens: 42, latency_ms: 7, liked: undefined }),
+      await repos.messages.insert({ ...row(chatId, userId, 'question'), message: 'second plain' }),
+    ];
+    expect(new Set(ids).size).toBe(3);
+    const [plain, full, again] = await Promise.all(ids.map((id) => repos.messages.get(id)));
     expect(plain).toMatchObject({ message: 'answer', tokens: 0, liked: 0, chat_id: chatId });
     expect(full).toMatchObject({ message: 'with usage', tokens: 42, latency_ms: 7, liked: 0 });
     expect(again).toMatchObject({ message: 'second plain', category: 'question' });
-    expect(new Set([plain.id, full.id, again.id]).size).toBe(3);
     // the context read runs with each call's limit and chat_id
     expect((await repos.messages.context(chatId, 2)).map((r) => r.message)).toEqual(['with usage', 'second plain']);
     expect((await repos.messages.context(chatId, 1)).map((r) => r.message)).toEqual(['second plain']);

@@ -693,8 +693,11 @@ function scanServerLogs() {
 async function main() {
   log(`parley bench: ${RUNS} run(s)${QUICK ? ' (quick)' : ''}, phases: ${[...PHASES].join(', ')}; logs in ${path.relative(ROOT, LOGS)}`);
   // Parley runs as it is deployed: compiled JavaScript (tsx, the development runner, costs ~40 MiB and start-up time)
-  log('building Parley (npm run build → dist/)');
-  execFileSync('npm', ['run', '--silent', 'build'], { cwd: ROOT, stdio: 'inherit' });
+  if (env.BENCH_NO_BUILD === '1') log('BENCH_NO_BUILD=1: measuring dist/ as it is');
+  else {
+    log('building Parley (npm run build → dist/)');
+    execFileSync('npm', ['run', '--silent', 'build'], { cwd: ROOT, stdio: 'inherit' });
+  }
   const phases = [
     ['stream', () => streamPhase('stream', 5, PLAN.stream)],
     ['saturation', () => streamPhase('saturation', 0, PLAN.saturation)],

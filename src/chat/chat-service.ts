@@ -16,7 +16,7 @@ import { isRecord, type JsonValue } from '../runtimes/workflow/workflow-graph.ts
 import type { Repos } from '../storage/repos.ts';
 import type { ContextRow, NewMessageInput } from '../storage/message-repo.ts';
 import type { AppRow, ConversationRow, NewMessage } from '../storage/tables.ts';
-import { BREAK_ANSWER, buildContext, CLEAR_MARKER, questionText } from './context.ts';
+import { BREAK_ANSWER, buildContext, CLEAR_MARKER, questionText, readContext } from './context.ts';
 import { titleFrom } from './conversation-service.ts';
 import { Moderation } from './moderation.ts';
 import type { TurnControl } from './turn-control.ts';
@@ -235,7 +235,8 @@ export class ChatService implements TurnControl {
       if (target.chatId !== null && target.conversation !== null && !input.history) {
         const window = target.spec.history_window ?? this.deps.config.chat.max_history_messages;
         // the context is read before the question is stored, so it holds only earlier messages
-        history = window > 0 ? buildContext(await this.deps.repos.messages.context(target.chatId, window * 2 + 10), window) : [];
+        const chatId = target.chatId;
+        history = await readContext((limit) => this.deps.repos.messages.context(chatId, limit), window);
       }
     } catch (err) {
       this.running.delete(key);

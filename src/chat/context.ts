@@ -17,12 +17,42 @@ export function questionText(message: string): string {
 }
 
 /**
+ * The model context of a conversation: its last `window` messages, read in as few rows as will do.
+ * `read(limit)` gives the newest `limit` rows, oldest first.
+ *
+ * Reading a row costs more than anything else a turn does with the database (~3.5 µs: its ~1 KB
+ * answer, on its own page), and a plain conversation needs about one row per message: window + 10
+ * rows are read first. Only where those render fewer than `window` messages (tool exchanges,
+ * regenerated or blocked answers, interrupted ones) are window × 2 + 10 read, as before. The short
+ * read is cut to whole turns (from its first question): turns render independently of each other,
+ * so when its turns already give `window` messages, the last `window` are exactly those of the
+ * longer read.
+ */
+export async function readContext(read: (limit: number) => Promise<ContextRow[]>, window: number): Promise<LlmMessage[]> {
+  if (window <= 0) return [];
+  const short = window + 10;
+  const rows = await read(short);
+  if (rows.length < short) return buildContext(rows, window);
+  const first = rows.findIndex((r) => r.category === 'question');
+  if (first >= 0) {
+    const messages = renderContext(rows.slice(first));
+    if (messages.length >= window) return lastOf(messages, window);
+  }
+  return buildContext(await read(window * 2 + 10), window);
+}
+
+/**
  * The model's context from stored rows (oldest first): everything after the last clear marker,
  * without interrupted answers, and — where a question was regenerated — only its newest turn.
  * A question the input review blocked (its newest answer is the review's reply) is left out with
  * that reply: the model never sees it.
  */
 export function buildContext(rows: ContextRow[], limit: number): LlmMessage[] {
+  return lastOf(renderContext(rows), limit);
+}
+
+/** Every message the rows give the model, oldest first (see buildContext). */
+function renderContext(rows: ContextRow[]): LlmMessage[] {
   let start = 0;
   rows.forEach((r, i) => { if (r.category === CLEAR_MARKER) start = i + 1; });
   const kept = rows.slice(start);
@@ -59,7 +89,12 @@ export function buildContext(rows: ContextRow[], limit: number): LlmMessage[] {
   }
   // tool rows of an interrupted turn have no answer after them; keep pairs whole
   flushTools();
-  return out.length > limit ? trimToWhole(out.slice(out.length - limit)) : out;
+  return out;
+}
+
+/** The last `limit` messages, not starting inside a tool exchange. */
+function lastOf(messages: LlmMessage[], limit: number): LlmMessage[] {
+  return messages.length > limit ? trimToWhole(messages.slice(messages.length - limit)) : messages;
 }
 
 /** A window must not start inside a tool exchange (a tool result without its call). */

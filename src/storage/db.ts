@@ -3,6 +3,7 @@ import { join, resolve } from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
+import { executeDirectly } from './prepared.ts';
 import { GroupCommitSqliteDialect } from './sqlite-driver.ts';
 import type { Database } from './tables.ts';
 
@@ -69,7 +70,9 @@ export function openDb(options: DbOptions): Db {
   sqlite.pragma('synchronous = NORMAL');
   sqlite.pragma('foreign_keys = ON');
   sqlite.pragma('busy_timeout = 5000');
-  const kysely = new Kysely<Database>({ dialect: new GroupCommitSqliteDialect(sqlite) });
+  const dialect = new GroupCommitSqliteDialect(sqlite);
+  const kysely = new Kysely<Database>({ dialect });
+  executeDirectly(kysely as Kysely<never>, (query) => dialect.execute(query));
   return {
     kysely,
     dialect: 'sqlite',

@@ -22,6 +22,7 @@ import { SqliteDialect, type CompiledQuery, type DatabaseConnection, type Driver
  */
 export class GroupCommitSqliteDialect extends SqliteDialect {
   private readonly statements: CachingSqliteDatabase;
+  private core: GroupCommitCore | null = null;
 
   constructor(private readonly sqlite: SqliteDatabase.Database) {
     const statements = cachingStatements(sqlite);
@@ -30,7 +31,17 @@ export class GroupCommitSqliteDialect extends SqliteDialect {
   }
 
   override createDriver(): Driver {
-    return new GroupCommitDriver(new GroupCommitCore(this.sqlite, this.statements));
+    this.core = new GroupCommitCore(this.sqlite, this.statements);
+    return new GroupCommitDriver(this.core);
+  }
+
+  /**
+   * Runs a compiled query as the driver does, without Kysely's executor around it (see prepared.ts):
+   * as a query of its own, outside any explicit transaction (it waits for one that runs).
+   */
+  execute<R>(query: CompiledQuery): Promise<QueryResult<R>> {
+    if (!this.core) throw new Error('the dialect has no driver yet');
+    return this.core.execute<R>(new Handle(this.core), query);
   }
 }
 

@@ -183,7 +183,7 @@ function wsTurn(ws, i, rec, tag, signal) {
       settled = true;
       ws.off('message', onMsg); ws.off('close', onClose); clearTimeout(to); signal.removeEventListener('abort', onAbort);
       const e = err || chk.finish();
-      resolve({ ok: !e, err: e, ttft: s.ttft, dur: nowMs() - s.t0, tokens: s.tokens, recv: s.recv, tag });
+      resolve({ ok: !e, err: e, t0: s.t0, ttft: s.ttft, dur: nowMs() - s.t0, tokens: s.tokens, recv: s.recv, tag });
     };
     const onMsg = (data, isBinary) => {
       s.onPiece(chk.feed(isBinary ? '' : data.toString()));
@@ -221,7 +221,7 @@ function sseTurn(i, w, rec, tag, signal) {
       clearTimeout(to); signal.removeEventListener('abort', onAbort);
       const e = err || chk.finish();
       if (err && req) req.destroy();
-      resolve({ ok: !e, err: e, ttft: s.ttft, dur: nowMs() - s.t0, tokens: s.tokens, recv: s.recv, tag });
+      resolve({ ok: !e, err: e, t0: s.t0, ttft: s.ttft, dur: nowMs() - s.t0, tokens: s.tokens, recv: s.recv, tag });
     };
     const onAbort = () => finish('aborted at the deadline');
     const to = setTimeout(() => finish('turn timeout'), cfg.timeoutS * 1000);
@@ -278,24 +278,33 @@ async function runPhase(total, conc, rec, socks, sampleEvery) {
   return { results, wall: nowMs() - t0, hitDeadline: ac.signal.aborted };
 }
 
-/** Pairs the receive time of token i of each tagged turn with the mock's mock_ts of token i. */
+/**
+ * Pairs the receive time of token i of each tagged turn with the mock's mock_ts of token i, and splits
+ * its time to first token at the edges: the way in (question sent → request at the mock), the mock's
+ * own time (request → first token) and the way back (first token → received); `edge` is in + back.
+ */
 async function tokenLatencies(results) {
   const tagged = results.filter((r) => r.ok && r.tag && r.recv);
-  if (!cfg.mockUrl || !tagged.length) return { lat: [], first: [] };
-  const lat = [];
-  const first = [];
+  const out = { lat: [], first: [], inbound: [], mockOwn: [], edge: [] };
+  if (!cfg.mockUrl || !tagged.length) return out;
   for (let i = 0; i < tagged.length; i += 500) {
     const part = tagged.slice(i, i + 500);
-    const { ts } = await jsonRequest(`${cfg.mockUrl}/mock/ts`, { method: 'POST', body: { tags: part.map((r) => r.tag) } });
+    const { ts, req = {} } = await jsonRequest(`${cfg.mockUrl}/mock/ts`, { method: 'POST', body: { tags: part.map((r) => r.tag) } });
     for (const r of part) {
       const m = ts[r.tag];
       if (!m) continue;
       const n = Math.min(m.length, r.recv.length);
-      for (let k = 0; k < n; k++) lat.push(r.recv[k] - m[k]);
-      if (n) first.push(r.recv[0] - m[0]);
+      for (let k = 0; k < n; k++) out.lat.push(r.recv[k] - m[k]);
+      if (!n) continue;
+      out.first.push(r.recv[0] - m[0]);
+      const arrived = req[r.tag];
+      if (typeof arrived !== 'number') continue;
+      out.inbound.push(arrived - r.t0);
+      out.mockOwn.push(m[0] - arrived);
+      out.edge.push(arrived - r.t0 + (r.recv[0] - m[0]));
     }
   }
-  return { lat, first };
+  return out;
 }
 
 async function streamMode() {
@@ -317,7 +326,7 @@ async function streamMode() {
   const { results, wall, hitDeadline } = await runPhase(N, C, rec, socks, sampleEvery);
   const monoEnd = nowMs();
   const server = watch.stop();
-  const { lat, first } = await tokenLatencies(results).catch((e) => { console.error(`load: token timestamps: ${e.message}`); return { lat: [], first: [] }; });
+  const { lat, first, inbound, mockOwn, edge } = await tokenLatencies(results).catch((e) => { console.error(`load: token timestamps: ${e.message}`); return { lat: [], first: [], inbound: [], mockOwn: [], edge: [] }; });
   const ok = results.filter((r) => r.ok);
   const errors = {};
   for (const r of results) if (!r.ok) errors[r.err] = (errors[r.err] || 0) + 1;
@@ -336,6 +345,10 @@ async function streamMode() {
     interTokenGapMs: summarize(rec.gap.a),
     tokenLatencyMs: summarize(lat),
     firstTokenLatencyMs: summarize(first),
+    // time to first token at the edges (tagged turns): way in, the mock's own time, way in + way back
+    inboundMs: summarize(inbound),
+    mockFirstMs: summarize(mockOwn),
+    edgeTtftMs: summarize(edge),
     server,
     cpuMsPer1kTokens: server && rec.tokens ? Math.round((server.cpuMs / rec.tokens) * 1000 * 10) / 10 : null,
     monoStart, monoEnd, // CLOCK_MONOTONIC ms of the measured phase (to cut a server's CPU profile to it)

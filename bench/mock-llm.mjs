@@ -27,8 +27,10 @@
 //
 // Edge timing for relays that do not pass `mock_ts` through (Parley): when the last user message holds
 // `[bench:TAG]`, the mock also keeps the mock_ts of each token of that reply under TAG;
-// `POST /mock/ts {"tags":[...]}` answers {"ts": {TAG: [mock_ts, ...]}} and forgets them. A load
-// generator tags a sample of its turns and pairs its receive time of token i with mock_ts[i].
+// `POST /mock/ts {"tags":[...]}` answers {"ts": {TAG: [mock_ts, ...]}, "req": {TAG: arrival}} and forgets
+// them (arrival: the same clock when the request reached the mock's handler). A load generator tags a
+// sample of its turns and pairs its receive time of token i with mock_ts[i]; with the arrival it splits
+// the time to first token into the way in, the mock's own time and the way back.
 // At most MOCK_TAG_CAP [20000] tagged replies are kept (oldest dropped first).
 import http from 'node:http';
 import { setImmediate } from 'node:timers';
@@ -49,6 +51,7 @@ const now = () => Number(process.hrtime.bigint()) / 1e6; // monotonic ms, host-w
 let seq = 0;
 const TAG_CAP = Number(env.MOCK_TAG_CAP || 20000);
 const tagTs = new Map(); // tag -> [mock_ts of token 0, 1, ...]
+const tagReq = new Map(); // tag -> when its request reached the handler (same clock)
 const TAG_RE = /\[bench:([A-Za-z0-9_.-]{1,80})\]/;
 function tagOf(body) {
   const msgs = Array.isArray(body.messages) ? body.messages : [];
@@ -106,7 +109,7 @@ function knobs(req, body) {
   };
 }
 
-async function streamChat(req, res, body, chat) {
+async function streamChat(req, res, body, chat, arrived) {
   const { n, delay, ttft } = knobs(req, body);
   const id = (chat ? 'chatcmpl-mock' : 'cmpl-mock') + (++seq).toString(36);
   const created = Math.floor(Date.now() / 1000);
@@ -120,7 +123,12 @@ async function streamChat(req, res, body, chat) {
   if (tag) {
     tagged = [];
     tagTs.set(tag, tagged);
-    if (tagTs.size > TAG_CAP) tagTs.delete(tagTs.keys().next().value);
+    tagReq.set(tag, arrived);
+    if (tagTs.size > TAG_CAP) {
+      const oldest = tagTs.keys().next().value;
+      tagTs.delete(oldest);
+      tagReq.delete(oldest);
+    }
   }
   res.writeHead(200, {
     'content-type': 'text/event-stream; charset=utf-8',
@@ -192,6 +200,7 @@ async function completeChat(req, res, body, chat) {
 const modelObj = (id) => ({ id, object: 'model', created: 1700000000, owned_by: 'mock' });
 
 const server = http.createServer(async (req, res) => {
+  const arrived = now();
   stats.requests++;
   const url = req.url.split('?')[0].replace(/^\/+/, '/');
   try {
@@ -199,8 +208,15 @@ const server = http.createServer(async (req, res) => {
     if (req.method === 'POST' && url === '/mock/ts') {
       const { tags = [] } = JSON.parse((await readBody(req)) || '{}');
       const ts = {};
-      for (const t of tags) { if (tagTs.has(t)) { ts[t] = tagTs.get(t); tagTs.delete(t); } }
-      return sendJson(res, 200, { ts });
+      const arrivals = {};
+      for (const t of tags) {
+        if (!tagTs.has(t)) continue;
+        ts[t] = tagTs.get(t);
+        arrivals[t] = tagReq.get(t);
+        tagTs.delete(t);
+        tagReq.delete(t);
+      }
+      return sendJson(res, 200, { ts, req: arrivals });
     }
     if (req.method === 'GET' && url === '/v1/models') return sendJson(res, 200, { object: 'list', data: [modelObj(MODEL)] });
     if (req.method === 'GET' && url.startsWith('/v1/models/')) return sendJson(res, 200, modelObj(decodeURIComponent(url.slice(11))));
@@ -214,7 +230,7 @@ const server = http.createServer(async (req, res) => {
       if (chat && !Array.isArray(body.messages)) {
         return sendJson(res, 400, { error: { message: "'messages' is required", type: 'invalid_request_error', param: 'messages', code: null } });
       }
-      return body.stream ? streamChat(req, res, body, chat) : completeChat(req, res, body, chat);
+      return body.stream ? streamChat(req, res, body, chat, arrived) : completeChat(req, res, body, chat);
     }
     sendJson(res, 404, { error: { message: `Unknown route ${req.method} ${url}`, type: 'invalid_request_error', param: null, code: 'unknown_url' } });
   } catch (e) {

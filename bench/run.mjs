@@ -472,6 +472,8 @@ function cell(delay, c, target) {
     ttft50: med(rs, (r) => r.ttftMs.p50), ttft99: med(rs, (r) => r.ttftMs.p99),
     lat50: med(rs, (r) => r.tokenLatencyMs.p50), lat99: med(rs, (r) => r.tokenLatencyMs.p99),
     gap50: med(rs, (r) => r.interTokenGapMs.p50), gap99: med(rs, (r) => r.interTokenGapMs.p99),
+    in50: med(rs, (r) => r.inboundMs.p50), mock50: med(rs, (r) => r.mockFirstMs.p50), back50: med(rs, (r) => r.firstTokenLatencyMs.p50),
+    edge50: med(rs, (r) => r.edgeTtftMs.p50), edge99: med(rs, (r) => r.edgeTtftMs.p99),
     failed: rs.reduce((s, r) => s + r.failed + (r.warmup - r.warmupOk), 0), turns: rs.reduce((s, r) => s + r.requests + r.warmup, 0), runs: rs.length,
     foreign: Math.max(...rs.map((r) => r.foreignCpuPct ?? 0)),
   };
@@ -494,6 +496,28 @@ function streamTable(delay, cs) {
     }
   }
   return lines.join('\n');
+}
+
+/**
+ * The time to first token of the tagged turns split at the edges (bench/README.md): the way in, the
+ * mock's own time and the way back. "in + back" is what the path between client and mock adds to
+ * that very request; it leaves out how long the mock itself took, which on 2 shared cores also
+ * depends on how much CPU the gateway leaves it.
+ */
+function edgeTable(delay, cs) {
+  const lines = [
+    '| streams | target | TTFT p50 ms | way in p50 ms | mock\'s own p50 ms | way back p50 ms | in + back p50 / p99 ms | in + back vs mock direct p50 ms |',
+    '|---:|---|---:|---:|---:|---:|---:|---:|',
+  ];
+  for (const c of cs) {
+    const d = cell(delay, c, 'direct');
+    for (const t of TARGET_ORDER) {
+      const x = cell(delay, c, t);
+      if (!x || x.edge50 === null || x.edge50 === undefined) continue;
+      lines.push(`| ${c} | ${TARGET_NAME[t]} | ${fmt(x.ttft50, 2)} | ${fmt(x.in50, 2)} | ${fmt(x.mock50, 2)} | ${fmt(x.back50, 2)} | ${fmt(x.edge50, 2)} / ${fmt(x.edge99, 2)} | ${t === 'direct' || !d ? '—' : fmt(x.edge50 - d.edge50, 2)} |`);
+    }
+  }
+  return lines.length > 2 ? lines.join('\n') : null;
 }
 
 function ratioTable(delay, cs) {
@@ -657,6 +681,8 @@ function report() {
   ];
   if (streamCs.length) {
     parts.push('## 1–2. Streaming: mock 200 tokens, 5 ms apart', '', streamTable(5, streamCs), '', ratioTable(5, streamCs), '');
+    const edges = edgeTable(5, streamCs);
+    if (edges) parts.push('Time to first token at the edges (tagged turns; the mock notes when each request reached it):', '', edges, '');
   }
   if (satCs.length) parts.push('## 1. Saturation: mock 200 tokens, no delay', '', streamTable(0, satCs), '', ratioTable(0, satCs), '');
   const it = idleTable();

@@ -17,6 +17,8 @@ export interface Frame {
 /** A real `ws` client that records every frame and can wait for the ones a test expects. */
 export class WsClient {
   readonly frames: Frame[] = [];
+  /** the frames as they came, text */
+  readonly raw: string[] = [];
   closeCode: number | null = null;
   closeReason = '';
   private waiters: Array<() => void> = [];
@@ -24,7 +26,9 @@ export class WsClient {
 
   private constructor(readonly socket: WebSocket) {
     socket.on('message', (data) => {
-      this.frames.push(JSON.parse(data.toString()) as Frame);
+      const text = data.toString();
+      this.raw.push(text);
+      this.frames.push(JSON.parse(text) as Frame);
       this.wake();
     });
     this.closed = new Promise((resolve) => {

@@ -6,7 +6,12 @@ import { TokenService } from './auth/tokens.ts';
 import { ConversationService } from './chat/conversation-service.ts';
 import { FeedbackService } from './chat/feedback-service.ts';
 import { ChatService } from './chat/chat-service.ts';
+import { Moderation } from './chat/moderation.ts';
+import { MemoryRateLimiter } from './chat/rate-limiter.ts';
+import { DatabaseRunStore, MemoryRunStore } from './chat/run-store.ts';
 import { MemoryBus } from './bus/memory-bus.ts';
+import { systemClock, type Clock } from './domain/clock.ts';
+import { AssistantRuntime } from './runtimes/assistant-runtime.ts';
 import { createProviders } from './providers/provider-registry.ts';
 import { CodeSandbox } from './runtimes/workflow/code-sandbox.ts';
 import { WorkflowExecutor } from './runtimes/workflow/executor.ts';
@@ -55,6 +60,8 @@ export interface ServerOptions {
   bus?: Bus;
   /** extra LLM providers (tests) */
   providers?: LlmProvider[];
+  /** the time the core reads (tests move it) */
+  clock?: Clock;
 }
 
 export async function createServer(config: Config, opts: ServerOptions = {}): Promise<ServerHandle> {
@@ -73,14 +80,22 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
     await apps.seedDemoApps(admin.id);
   }
 
-  const bus = opts.bus ?? new MemoryBus();
+  const clock = opts.clock ?? systemClock;
+  const bus = opts.bus ?? new MemoryBus(() => clock.now());
   const providers = createProviders(config);
   for (const p of opts.providers ?? []) providers.register(p);
   const tools = createTools(config);
   // workflow code nodes run in this process's sandbox (worker threads), closed with the server
   const sandbox = new CodeSandbox();
-  const chat = new ChatService({ config, repos, bus, apps, providers, tools, executor: new WorkflowExecutor({ sandbox }), log: logger });
-  const gateway = new WsGateway({ config, auth, chat, bus, log: logger });
+  const chat = new ChatService({
+    config, repos, bus, apps, providers, tools, clock, log: logger,
+    runtime: new AssistantRuntime(),
+    executor: new WorkflowExecutor({ sandbox }),
+    runs: { stored: new DatabaseRunStore(repos.workflowRuns, config.workflow.input_timeout * 60_000), scratch: new MemoryRunStore() },
+    rate: new MemoryRateLimiter(config.chat.messages_per_minute),
+    moderation: new Moderation(config.moderation),
+  });
+  const gateway = new WsGateway({ config, auth, chat, bus, clock, log: logger });
 
   const conversations = new ConversationService(repos);
   const services: Services = {

@@ -15,6 +15,18 @@ export function authorizeConversation(p: Principal, conv: ConversationRow | unde
   throw AppError.notFound('Conversation not found');
 }
 
+/**
+ * The conversation a chat turn may use: the caller's own, of this app, not deleted; null while it
+ * does not exist yet (the first question creates it). Anything else is one outcome,
+ * `conversation_denied`, which HTTP answers like a missing conversation (404) and a WebSocket as no
+ * permission (1008).
+ */
+export function authorizeChatConversation(p: Principal, conv: ConversationRow | undefined | null, appId: string): ConversationRow | null {
+  if (!conv) return null;
+  if (conv.user_id !== p.id || conv.is_delete || conv.flow_id !== appId) throw new AppError('conversation_denied');
+  return conv;
+}
+
 /** Whose rows a statistics query covers: admins any user (or everyone); every other caller only their own. */
 export function scopeUser(p: Principal, requested: number | undefined): number | undefined {
   return p.role === 'admin' && !p.apiKey ? requested : p.id;

@@ -1,235 +1,208 @@
 /**
- * The workflow side of the chat core. A workflow run advances in *segments*; each segment is one
- * turn of the chat core (processing/begin … processing/close, seq-numbered, replayable) whose
- * runtime is the WorkflowExecutor. The chat core starts segments (init_data, an answer, a
- * check_status that re-sends a request, a stop of a waiting run); this module is what a segment
- * does between begin and close, and where runs are kept between segments:
- *
- * - a stored conversation's run lives in `workflow_runs` (saved whenever a segment ends: waiting for
- *   input, success, failed or stopped), so an answer may come after a disconnect or a restart, or to
- *   another instance — never from memory;
- * - a debug run (no chat_id) lives in this process's memory under its debug key, and is forgotten
- *   with it (the socket closed, the API request ended).
- *
- * Persistence, as Bisheng's (reference §5.7): input/over, output_msg/over, output_with_choose_msg/over,
- * output_with_input_msg/over and stream_msg/end frames become message rows (is_bot 1, type and
- * category of the frame, message = the frame message as JSON); the row is written before the frame
- * is published, and the frame carries its `message_id`. node_run, guide_*, stream_msg/stream are
- * not stored. A stopped llm node's partial stream_msg/end is marked `break_answer` (remark and
- * extra.interrupted). The segment's processing/close says how the run stands:
- * `extra: {run_id, run_status, usage}` (usage: the tokens of this segment).
+ * The turns of workflow apps. A run advances in segments, each a turn (begin … close, seq-numbered,
+ * replayable): init_data starts a run, an answer continues it, check_status sends a pending request
+ * again, a stop ends a waiting run. A segment that leaves the run waiting also ends with close, whose
+ * `extra.run_status` is "input": the conversation is free again, the client unlocks its input, and
+ * the answer starts the next segment. What a segment does is workflow-segments.ts.
  */
-import type { Config } from '../config/config.ts';
-import { AppError, toAppError } from '../domain/errors.ts';
-import type { ChatEventBody } from '../domain/events.ts';
-import type { LlmProvider, LlmUsage, Tool } from '../domain/llm.ts';
-import type { AppSpec, WorkflowGraph } from '../domain/types.ts';
-import { WorkflowExecutor, type PendingInput, type RunStatus, type WorkflowAnswer, type WorkflowContext, type WorkflowRunState } from '../runtimes/workflow/executor.ts';
-import { isRecord, type JsonValue } from '../runtimes/workflow/workflow-graph.ts';
-import type { Repos } from '../storage/repos.ts';
-import type { NewMessage, WorkflowRunRow } from '../storage/tables.ts';
-import { BREAK_ANSWER } from './context.ts';
+import { AppError } from '../domain/errors.ts';
+import { isRecord, type JsonValue, type Principal } from '../domain/types.ts';
+import type { PendingInput } from '../runtimes/workflow/executor.ts';
+import { answerText, checkAnswer } from '../runtimes/workflow/input-requests.ts';
+import type { MessageRepo } from '../storage/message-repo.ts';
+import { idsOf, type AskInput } from './chat-turns.ts';
+import { questionRow } from './message-rows.ts';
+import type { RateLimiter } from './rate-limiter.ts';
+import type { KeptRun, RunStore } from './run-store.ts';
+import type { ChatTarget, Targets } from './targets.ts';
+import type { Turn, TurnEmit, TurnIds, TurnRegistry, TurnStarted } from './turn-registry.ts';
+import type { TurnSeqs } from './turn-seqs.ts';
+import { ownerOf, type Segment, type WorkflowSegments } from './workflow-segments.ts';
 
-/** A run between segments: its state and where it is kept. */
-export interface KeptRun {
-  state: WorkflowRunState;
-  /** how the store sees it: `running` while a segment (here or elsewhere) has claimed it */
-  status: RunStatus;
-  appId: string;
-  userId: number;
-  /** the stored row (compare-and-set token of `claim`); null for a debug run kept in memory */
-  row: WorkflowRunRow | null;
+/** init_data (PROTOCOL.md §3.1): a new workflow run. */
+export interface WorkflowStartInput {
+  principal: Principal;
+  target: ChatTarget;
+  scratchKey?: string | undefined;
+  /** a graph sent by the client: used only in debug mode on the draft (an editor's own test), else ignored */
+  graph?: unknown;
+  /** values of the start node's declared variables */
+  inputs?: Record<string, JsonValue>;
+  /** the question that started the run (a question frame to a workflow app), stored as a question row */
+  question?: { text: string; inputs: Record<string, unknown> };
 }
 
-/** The turn a segment runs in, as the chat core hands it over. */
-export interface Segment {
-  key: string;
-  turnId: string;
-  /** null: a debug run (nothing stored) */
-  chatId: string | null;
-  appId: string;
-  userId: number;
-  /** the app version the run uses; null: the draft */
-  version: number | null;
-  signal: AbortSignal;
-  emit(body: ChatEventBody): void;
-  /** a message row of this turn with the common fields filled in */
-  row(fields: Pick<NewMessage, 'is_bot' | 'type' | 'category' | 'message'> & Partial<NewMessage>): NewMessage;
+/** `input` (PROTOCOL.md §3.1): the answer to the request a run waits for. */
+export interface WorkflowAnswerInput {
+  principal: Principal;
+  target: ChatTarget;
+  scratchKey?: string | undefined;
+  nodeId: string;
+  data: Record<string, unknown>;
+  /** the text the client shows for the answer (the question row's text) */
+  message?: string | undefined;
+  /** the request's message id, as the client knows it (stored with the answer row) */
+  messageId?: number | string | undefined;
 }
 
-/** What the processing/close of a segment carries in `extra`. */
-export type SegmentEnd = { run_id: string; run_status: RunStatus; usage: LlmUsage };
+/** check_status: a segment sending the pending request again, or how the run stands when nothing is to be sent. */
+export type WorkflowStatus =
+  | { started: TurnStarted }
+  | { started: null; run_id: string | null; run_status: string | null; node_id: string | null };
 
-type Frame = Extract<ChatEventBody, { kind: 'frame' }>;
-
-/** Frames that become message rows (category/type). */
-const PERSISTED = new Set(['input/over', 'output_msg/over', 'output_with_choose_msg/over', 'output_with_input_msg/over', 'stream_msg/end']);
-const ZERO: LlmUsage = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 };
+const busyElsewhere = () => new AppError('conflict', 'The workflow run is being continued elsewhere');
 
 export class WorkflowTurns {
-  /** debug runs by key: only runs that wait for input are kept */
-  private readonly memory = new Map<string, { state: WorkflowRunState; appId: string; userId: number }>();
-
   constructor(private readonly deps: {
-    config: Config;
-    repos: Repos;
-    executor: WorkflowExecutor;
-    providers: { get(name: string): LlmProvider };
-    tools: { get(name: string): Tool | undefined };
-    log?: { error(obj: object, msg: string): void } | undefined;
+    turns: TurnRegistry; seqs: TurnSeqs; rate: RateLimiter; targets: Targets; messages: MessageRepo; segments: WorkflowSegments;
+    /** where runs wait: a stored conversation's, and an unstored one's */
+    runs: { stored: RunStore; scratch: RunStore };
   }) {}
 
-  /** workflow.input_timeout (minutes) in ms */
-  get inputTimeoutMs(): number {
-    return this.deps.config.workflow.input_timeout * 60_000;
+  private runsOf(chatId: string | null): RunStore {
+    return chatId === null ? this.deps.runs.scratch : this.deps.runs.stored;
   }
 
-  expired(state: WorkflowRunState): boolean {
-    return WorkflowExecutor.expired(state, this.inputTimeoutMs);
-  }
-
-  /** The run of a conversation (from the database) or of a debug key (from memory). */
-  async load(key: string): Promise<KeptRun | null> {
-    if (isDebugKey(key)) {
-      const m = this.memory.get(key);
-      return m ? { ...m, status: m.state.status, row: null } : null;
-    }
-    const row = await this.deps.repos.workflowRuns.get(key);
-    if (!row) return null;
-    let state: WorkflowRunState;
-    try {
-      state = JSON.parse(row.state) as WorkflowRunState;
-    } catch {
-      return null;
-    }
-    return { state, status: row.status, appId: row.app_id, userId: row.user_id, row };
+  private segment(turn: Turn, ids: TurnIds, version: number | null, emit: TurnEmit): Segment {
+    return { key: turn.key, turnId: turn.turnId, ids, version, signal: turn.signal, emit, runs: this.runsOf(ids.chatId) };
   }
 
   /**
-   * Takes a waiting run for one segment: false when someone else took or changed it since it was
-   * read (another instance answering the same request). Debug runs are only reachable from here.
+   * init_data: starts a new run. A run that still waits for input must be answered or stopped
+   * first (10409), as Bisheng's client does on "restart" (stop, then init_data).
    */
-  async claim(run: KeptRun): Promise<boolean> {
-    return run.row ? this.deps.repos.workflowRuns.claim(run.row) : true;
-  }
-
-  /** Gives back a claimed run that no segment ran for: it waits again as it did. */
-  async unclaim(run: KeptRun, seg: Pick<Segment, 'chatId' | 'appId' | 'userId' | 'version'>): Promise<void> {
-    if (run.row) await this.save(seg, run.state);
-  }
-
-  /** Drops a debug key's run (its socket or request is gone). */
-  forget(key: string): void {
-    this.memory.delete(key);
-  }
-
-  /** init_data: runs a new run from its start node. */
-  start(seg: Segment, spec: AppSpec, graph: unknown, inputs: Record<string, JsonValue>): Promise<SegmentEnd> {
-    return this.advance(seg, null, (ctx) => this.deps.executor.start(graph as WorkflowGraph, ctx, inputs), spec);
-  }
-
-  /** An answer to the waiting request: the run goes on from there (the answer row is stored by the core). */
-  answer(seg: Segment, spec: AppSpec, run: KeptRun, answer: WorkflowAnswer): Promise<SegmentEnd> {
-    return this.advance(seg, run.state, (ctx) => this.deps.executor.resume(run.state, answer, ctx), spec);
-  }
-
-  /** check_status on a waiting run: sends its request again (same message_id); an expired one fails the run (10527). */
-  resend(seg: Segment, run: KeptRun, expired: boolean): Promise<SegmentEnd> {
-    return this.advance(seg, run.state, async () => {
-      const pending = run.state.pending!;
-      if (expired) throw timeoutError(pending, this.inputTimeoutMs);
-      seg.emit({ kind: 'frame', ...pending.frame, messageId: pending.message_id });
-      return run.state;
-    }, null, { store: false });
-  }
-
-  /** Stop of a run that waits for input: it ends as stopped. */
-  stop(seg: Segment, run: KeptRun): Promise<SegmentEnd> {
-    return this.advance(seg, run.state, async () => this.deps.executor.stop(run.state), null);
+  async start(input: WorkflowStartInput, key: string): Promise<TurnStarted> {
+    const { principal, target } = input;
+    const { segments, messages } = this.deps;
+    const ids = idsOf(principal, target);
+    return (await this.deps.turns.begin(key, async (turn) => {
+      await this.deps.rate.consume(principal.id);
+      const current = await this.runsOf(target.chatId).load(key);
+      if (current?.status === 'input' && current.userId === principal.id && !segments.expired(current.state)) {
+        throw new AppError('conflict', 'A workflow run waits for input in this conversation: answer it, or stop it first');
+      }
+      if (target.chatId !== null) {
+        await this.deps.targets.ensure(principal, target, input.question?.text ?? target.app.name);
+        if (input.question) await messages.insert(questionRow(ids, turn.turnId, JSON.stringify(input.question.inputs)));
+      }
+      const floor = await this.deps.seqs.floor(key, target.chatId);
+      // a client's graph only where the caller edits the draft anyway (debug mode needs an editor)
+      const graph = input.graph !== undefined && target.version === null ? input.graph : target.spec.graph;
+      return { ids, floor, work: (emit) => segments.start(this.segment(turn, ids, target.version, emit), target.spec, graph, input.inputs ?? {}) };
+    }))!;
   }
 
   /**
-   * Runs one step of the engine and keeps what it leaves. A failure is sent as the segment's error
-   * frame and kept as a failed run; a bad answer (10400) leaves the run waiting as it was.
+   * `input`: answers the request the run waits for and runs on. The answer is checked before
+   * anything is stored (10400 lists every problem; the run keeps waiting); it is stored as a
+   * `question` row (is_bot 0). After workflow.input_timeout the run fails with 10527 instead.
    */
-  private async advance(
-    seg: Segment, before: WorkflowRunState | null,
-    step: (ctx: WorkflowContext) => Promise<WorkflowRunState>, spec: AppSpec | null, opts: { store?: boolean } = {},
-  ): Promise<SegmentEnd> {
-    let after: WorkflowRunState;
-    let error: AppError | null = null;
+  async answer(input: WorkflowAnswerInput, key: string): Promise<TurnStarted> {
+    const { principal, target } = input;
+    const ids = idsOf(principal, target);
+    const runs = this.runsOf(target.chatId);
+    return (await this.deps.turns.begin(key, async (turn) => {
+      let claimed: KeptRun | null = null;
+      try {
+        await this.deps.rate.consume(principal.id);
+        const run = await runs.load(key);
+        const mine = run !== null && run.userId === principal.id && run.appId === target.app.id;
+        if (mine && run.status === 'running') throw busyElsewhere();
+        const pending = mine && run.status === 'input' ? run.state.pending : null;
+        if (!run || !pending) {
+          throw AppError.invalid([{ path: 'data', message: `no workflow run waits for input here${run ? ` (the run is ${run.status})` : ''}` }], 'No workflow run waits for input');
+        }
+        if (input.nodeId !== pending.node_id) {
+          throw AppError.invalid([{ path: `data/${input.nodeId}`, message: `the run waits for node "${pending.node_id}"` }], 'The workflow waits for another node');
+        }
+        const values = this.deps.segments.expired(run.state) ? null : checkAnswer(pending.schema, input.data);
+        // one continuation per request, whichever instance gets the answer first
+        if (!(await runs.claim(run))) throw busyElsewhere();
+        claimed = run;
+        if (target.chatId !== null) {
+          if (!(await this.deps.targets.own(principal, target))) throw AppError.notFound('Conversation not found');
+          if (values) {
+            await this.deps.messages.insert(questionRow(ids, turn.turnId, answerText(pending.schema, values, input.message), {
+              extra: JSON.stringify({ node_id: pending.node_id, input_message_id: input.messageId ?? pending.message_id }),
+            }));
+          }
+        }
+        const floor = await this.deps.seqs.floor(key, target.chatId);
+        const answer = { node_id: input.nodeId, data: input.data, message: input.message };
+        return { ids, floor, work: (emit) => this.deps.segments.answer(this.segment(turn, ids, target.version, emit), target.spec, run, answer) };
+      } catch (err) {
+        if (claimed) await runs.unclaim(key, claimed, ownerOf({ ids, version: target.version })).catch(() => undefined);
+        throw err;
+      }
+    }))!;
+  }
+
+  /**
+   * check_status (after a reconnect or a restart): a run that waits for input gets a segment that
+   * sends its request again, with its message id (an expired one fails with 10527). Otherwise
+   * nothing is sent in a turn; the caller gets how the run stands.
+   */
+  async check(principal: Principal, target: ChatTarget, key: string): Promise<WorkflowStatus> {
+    const runs = this.runsOf(target.chatId);
+    const run = await runs.load(key);
+    const mine = run !== null && run.userId === principal.id && run.appId === target.app.id;
+    const status = (s: string | null): WorkflowStatus => ({ started: null, run_id: mine ? run.state.run_id : null, run_status: s, node_id: mine ? (run.state.pending?.node_id ?? null) : null });
+    if (this.deps.turns.isRunning(key)) return status('running');
+    if (!mine) return status(null);
+    if (run.status !== 'input' || !run.state.pending) return status(run.status);
+    const ids = idsOf(principal, target);
+    const expired = this.deps.segments.expired(run.state);
+    let started: TurnStarted | null;
     try {
-      after = await step(this.context(seg, spec));
+      started = await this.deps.turns.begin(key, async (turn) => {
+        if (expired && !(await runs.claim(run))) return null;
+        if (target.chatId !== null) await this.deps.targets.own(principal, target);
+        const floor = await this.deps.seqs.floor(key, target.chatId);
+        return { ids, floor, work: (emit) => this.deps.segments.resend(this.segment(turn, ids, target.version, emit), run, expired) };
+      });
     } catch (err) {
-      error = this.workflowError(err, seg);
-      after = error.code === 'invalid_request' && before ? before : WorkflowExecutor.failed(before ?? blankRun(), error);
+      if (err instanceof AppError && err.code === 'conflict') return status('running');
+      throw err;
     }
-    if (opts.store !== false || error) await this.keep(seg, after);
-    if (error) seg.emit({ kind: 'error', code: error.code, message: error.message, data: error.data ?? null });
-    return { run_id: after.run_id, run_status: after.status, usage: minus(after.usage, before?.usage ?? ZERO) };
+    return started ? { started } : status('running');
   }
 
-  /** Errors of a run are workflow errors (10527/10528/10531/10541) or a refused answer (10400); anything else is logged and becomes 10541. */
-  private workflowError(err: unknown, seg: Segment): AppError {
-    const e = toAppError(err);
-    if (e.code.startsWith('workflow_') || e.code === 'invalid_request') return e;
-    if (e.code === 'internal') this.deps.log?.error({ err, chat_id: seg.chatId, turn_id: seg.turnId }, 'workflow run failed');
-    return new AppError('workflow_failed', e.code === 'internal' ? 'Workflow run failed' : e.message, { cause: err });
-  }
-
-  private context(seg: Segment, spec: AppSpec | null): WorkflowContext {
-    const { config, providers, tools } = this.deps;
-    return {
-      emit: (body) => this.publish(seg, body),
-      signal: seg.signal,
-      providers,
-      defaultModel: spec?.model ?? { provider: 'default' },
-      tools,
-      maxSteps: config.workflow.max_steps,
-      chatId: seg.chatId ?? undefined,
-      inputTimeoutMs: this.inputTimeoutMs,
-    };
-  }
-
-  /** Stores the frames that last (before they are sent, so they carry their message_id), then publishes. */
-  private async publish(seg: Segment, body: ChatEventBody): Promise<void> {
-    if (body.kind === 'frame' && seg.chatId !== null && PERSISTED.has(`${body.category}/${body.type}`)) {
-      await this.store(seg, body);
+  /** A question to a workflow app answers the request its run waits for, or starts a new run. */
+  async ask(input: AskInput, key: string): Promise<TurnStarted> {
+    const { principal, target } = input;
+    const run = await this.runsOf(target.chatId).load(key);
+    const pending = run?.status === 'input' && run.userId === principal.id && run.appId === target.app.id ? run.state.pending : null;
+    if (pending) {
+      // `inputs.data` carries structured answers (a form's fields); else the text answers
+      const data = isRecord(input.inputs.data) ? input.inputs.data : answerFromText(pending, input.text);
+      return this.answer({ principal, target, nodeId: pending.node_id, data }, key);
     }
-    seg.emit(body);
+    // the start node's declared variables: `inputs.variables`, and `input` (the question's text)
+    const variables = isRecord(input.inputs.variables) ? (input.inputs.variables as Record<string, JsonValue>) : {};
+    return this.start({ principal, target, inputs: { ...variables, input: input.text }, question: { text: input.text, inputs: input.inputs } }, key);
   }
 
-  private async store(seg: Segment, frame: Frame): Promise<void> {
-    const interrupted = isRecord(frame.message) && frame.message.interrupted === true;
-    const [row] = await this.deps.repos.messages.insertMany([seg.row({
-      is_bot: 1, type: frame.type, category: frame.category, message: JSON.stringify(frame.message),
-      files: JSON.stringify(frame.files ?? []),
-      remark: interrupted ? BREAK_ANSWER : '', extra: JSON.stringify(interrupted ? { interrupted: true } : {}),
-    })]);
-    frame.messageId = row!.id;
-  }
-
-  /** Where the run waits until its next segment: its row, or memory for a debug run (only while it waits). */
-  private async keep(seg: Segment, state: WorkflowRunState): Promise<void> {
-    if (seg.chatId === null) {
-      if (state.status === 'input') this.memory.set(seg.key, { state, appId: seg.appId, userId: seg.userId });
-      else this.memory.delete(seg.key);
-      return;
-    }
-    await this.save(seg, state);
-  }
-
-  private async save(seg: Pick<Segment, 'chatId' | 'appId' | 'userId' | 'version'>, state: WorkflowRunState): Promise<void> {
-    const pending = state.status === 'input' ? state.pending : null;
-    await this.deps.repos.workflowRuns.save({
-      chat_id: seg.chatId!, run_id: state.run_id, app_id: seg.appId, version: seg.version, user_id: seg.userId,
-      status: state.status as WorkflowRunRow['status'], state: JSON.stringify(state), node_id: pending?.node_id ?? null,
-      expires_at: pending ? new Date(pending.requested_at + this.inputTimeoutMs).toISOString() : null,
+  /** Stops a run that waits for input (nothing runs it): a segment stores it as stopped. @returns whether one waited */
+  async stopWaiting(key: string, chatId: string | null): Promise<boolean> {
+    const runs = this.runsOf(chatId);
+    const run = await runs.load(key);
+    if (!run || run.status !== 'input' || this.deps.turns.isRunning(key)) return false;
+    const ids: TurnIds = { chatId, flowId: run.appId, userId: run.userId };
+    const started = await this.deps.turns.begin(key, async (turn) => {
+      if (!(await runs.claim(run))) return null;
+      const floor = await this.deps.seqs.floor(key, chatId);
+      return { ids, floor, work: (emit) => this.deps.segments.stop(this.segment(turn, ids, run.row?.version ?? null, emit), run) };
     });
+    if (!started) return false;
+    await this.deps.turns.settled(key);
+    return true;
+  }
+
+  /** Drops what an unstored conversation's run kept (its scratch key is gone). */
+  forget(key: string): void {
+    this.deps.runs.scratch.forget(key);
   }
 }
-
-export const isDebugKey = (key: string): boolean => key.startsWith('debug:');
 
 /**
  * The answer data a plain question gives a waiting request: the text for a dialog input, the
@@ -253,24 +226,4 @@ export function answerFromText(pending: PendingInput, text: string): Record<stri
       throw AppError.invalid([{ path: 'inputs/input', message: `this step asks for a form: answer with a JSON object of its fields (${keys.join(', ')})` }], 'The workflow waits for a form');
     }
   }
-}
-
-function timeoutError(pending: PendingInput, timeoutMs: number): AppError {
-  const name = typeof pending.frame.message.name === 'string' ? pending.frame.message.name : pending.node_id;
-  return new AppError('workflow_input_timeout', `node "${name}" waited for input longer than ${formatMinutes(timeoutMs)}`, { data: { node_id: pending.node_id, node_name: name } });
-}
-
-const formatMinutes = (ms: number) => (ms >= 60_000 ? `${Math.round(ms / 60_000)} min` : `${Math.round(ms / 1000)} s`);
-
-/** The state kept for a run that failed before the engine made one (its graph did not validate): the graph is not kept. */
-function blankRun(): WorkflowRunState {
-  const now = Date.now();
-  return {
-    version: 1, run_id: crypto.randomUUID().replaceAll('-', ''), status: 'waiting', graph: { nodes: [], edges: [] },
-    variables: {}, steps: {}, queue: [], pending: null, usage: ZERO, error: null, created_at: now, updated_at: now,
-  };
-}
-
-function minus(a: LlmUsage, b: LlmUsage): LlmUsage {
-  return { prompt_tokens: a.prompt_tokens - b.prompt_tokens, completion_tokens: a.completion_tokens - b.completion_tokens, total_tokens: a.total_tokens - b.total_tokens };
 }

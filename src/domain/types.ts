@@ -39,3 +39,7 @@ export interface WorkflowGraph {
 
 export const newId = (): string => crypto.randomUUID().replaceAll('-', '');
 export const isHexId = (v: string): boolean => /^[0-9a-f]{32}$/.test(v);
+
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+
+export const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);

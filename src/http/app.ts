@@ -7,9 +7,9 @@ import fastifySwaggerUi from '@fastify/swagger-ui';
 import fastifyWebsocket from '@fastify/websocket';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyRequest, type RawServerDefault } from 'fastify';
+import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type RawServerDefault } from 'fastify';
 import type { Logger } from 'pino';
-import { AppError, toAppError, type FieldError } from '../domain/errors.ts';
+import { AppError, retryAfter, toAppError, type FieldError } from '../domain/errors.ts';
 import type { Principal } from '../domain/types.ts';
 import { errorBody } from './envelope.ts';
 import type { Services } from './services.ts';
@@ -55,9 +55,10 @@ function validationErrors(err: FastifyError): FieldError[] {
   });
 }
 
-/** Maps any thrown value onto the one error catalogue. */
+/** Maps any thrown value onto the one error catalogue, as HTTP answers it. */
 export function asAppError(err: unknown): AppError {
-  if (err instanceof AppError) return err;
+  // someone else's conversation is answered exactly like a missing one (PROTOCOL.md §8.10)
+  if (err instanceof AppError) return err.code === 'conversation_denied' ? AppError.notFound('Conversation not found') : err;
   const fe = err as FastifyError;
   if (fe?.validation) return AppError.invalid(validationErrors(fe));
   switch (fe?.code) {
@@ -75,6 +76,23 @@ export function asAppError(err: unknown): AppError {
     return AppError.invalid([{ path: 'request', message: fe.message }]);
   }
   return toAppError(err);
+}
+
+/** Fastify refused the body for its size (413), as opposed to a question over chat.max_message_length (400). */
+export const isPayloadTooLarge = (err: unknown): boolean => (err as { code?: unknown } | null)?.code === 'FST_ERR_CTP_BODY_TOO_LARGE';
+
+/**
+ * An error handler: every failure in one error shape (`encode`: Parley's envelope, or an API's own,
+ * PROTOCOL.md §8.9). Unknown errors are logged, never shown.
+ */
+export function errorHandler(encode: (e: AppError, payloadTooLarge: boolean) => { status: number; body: unknown }) {
+  return (err: FastifyError, req: FastifyRequest, reply: FastifyReply) => {
+    const e = asAppError(err);
+    if (e.code === 'internal') req.log.error({ err: e.cause ?? err }, 'unhandled error');
+    const { status, body } = encode(e, isPayloadTooLarge(err));
+    if (e.code === 'rate_limited') reply.header('retry-after', retryAfter(e));
+    return reply.status(status).send(body);
+  };
 }
 
 export async function buildApp(services: Services, logger: Logger): Promise<App> {
@@ -119,12 +137,7 @@ export async function buildApp(services: Services, logger: Logger): Promise<App>
   app.decorateRequest('principal', null);
   app.addSchema(ErrorEnvelope);
 
-  app.setErrorHandler((err, req, reply) => {
-    const appErr = asAppError(err);
-    if (appErr.code === 'internal') req.log.error({ err: appErr.cause ?? err }, 'unhandled error');
-    if (appErr.code === 'rate_limited') reply.header('retry-after', String((appErr.data as { retry_after?: number } | null)?.retry_after ?? 60));
-    return reply.status(appErr.httpStatus).send(errorBody(appErr));
-  });
+  app.setErrorHandler(errorHandler((e) => ({ status: e.httpStatus, body: errorBody(e) })));
   app.setNotFoundHandler((req, reply) => reply.status(404).send(errorBody(new AppError('not_found', `No route ${req.method} ${req.url.split('?')[0]}`))));
 
   // Authentication, before the body is read: every route needs a user unless its config says `public`.

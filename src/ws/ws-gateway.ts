@@ -2,10 +2,12 @@ import { decodeJwt } from 'jose';
 import type { WebSocket } from 'ws';
 import type { AuthService } from '../auth/auth-service.ts';
 import type { Bus } from '../bus/bus.ts';
-import { errorFrame } from '../chat/bisheng-frames.ts';
-import type { ChatService, ChatTarget } from '../chat/chat-service.ts';
+import { errorFrame } from '../wire/bisheng-frames.ts';
+import type { ChatService } from '../chat/chat-service.ts';
+import type { ChatTarget } from '../chat/targets.ts';
 import type { Config } from '../config/config.ts';
-import { AppError, toAppError } from '../domain/errors.ts';
+import type { Clock } from '../domain/clock.ts';
+import { AppError, ERROR_TABLE, toAppError } from '../domain/errors.ts';
 import type { AppKind, Principal } from '../domain/types.ts';
 import type { Corkable } from './hold-writes.ts';
 import { WsSession } from './ws-session.ts';
@@ -28,10 +30,17 @@ const OPEN = 1;
 
 /** A connect failure: the error frame to send and the close code and reason (PROTOCOL.md §3, §8.2). */
 class Refusal extends Error {
-  constructor(readonly error: AppError, readonly code: number, readonly reason: string) {
-    super(reason);
+  readonly code: number;
+  readonly reason: string;
+
+  /** @param close the close code and reason; by default, what the error catalogue says for its code */
+  constructor(readonly error: AppError, close: readonly [number, string] = ERROR_TABLE[error.code].close) {
+    super(close[1]);
+    [this.code, this.reason] = close;
   }
 }
+
+const goingAway = () => new Refusal(new AppError('busy', 'server shutting down'), [1001, 'going away']);
 
 /**
  * Accepts WebSocket chats: authenticates, applies connection limits, resolves the app and
@@ -46,7 +55,7 @@ export class WsGateway {
   private shutdownDone: Promise<void> | null = null;
 
   constructor(private readonly deps: {
-    config: Config; auth: AuthService; chat: ChatService; bus: Bus;
+    config: Config; auth: AuthService; chat: ChatService; bus: Bus; clock: Clock;
     /** where unexpected errors are logged (their cause never reaches the client) */
     log?: { error(obj: object, msg: string): void };
   }) {
@@ -72,7 +81,7 @@ export class WsGateway {
       this.reserve(principal);
       slot = principal;
       const target = await this.resolve(principal, req);
-      if (this.shutdownDone) throw new Refusal(new AppError('busy', 'server shutting down'), 1001, 'going away');
+      if (this.shutdownDone) throw goingAway();
       if (socket.readyState !== OPEN) {
         slot = null;
         this.release(principal);
@@ -101,10 +110,10 @@ export class WsGateway {
 
   private unexpected(err: unknown): Refusal {
     // a connect still checked while the server shuts down may find the database closed
-    if (this.shutdownDone) return new Refusal(new AppError('busy', 'server shutting down'), 1001, 'going away');
+    if (this.shutdownDone) return goingAway();
     const e = toAppError(err);
     if (e.code === 'internal') this.logError(err, 'websocket connect failed');
-    return new Refusal(e, 1011, 'internal error');
+    return new Refusal(e, ERROR_TABLE.internal.close);
   }
 
   private logError(err: unknown, msg: string): void {
@@ -122,7 +131,7 @@ export class WsGateway {
     socket.close = (code?: number, reason?: string | Buffer) => {
       if (code === 1009 && reason === undefined && socket.readyState === OPEN) {
         socket.send(errorFrame(new AppError('too_large', `Frame larger than ${limit} bytes`)));
-        close(1009, 'message too big');
+        close(...ERROR_TABLE.too_large.close);
         return;
       }
       close(code, reason);
@@ -131,7 +140,7 @@ export class WsGateway {
 
   /** The first valid token of the header, `t` and the cookie (PROTOCOL.md §3: any valid one). */
   private async authenticate(req: UpgradeRequest): Promise<{ principal: Principal; tokenExp: number }> {
-    if (this.shutdownDone) throw new Refusal(new AppError('busy', 'server shutting down'), 1001, 'going away');
+    if (this.shutdownDone) throw goingAway();
     const candidates: string[] = [];
     const auth = req.headers.authorization;
     if (typeof auth === 'string' && auth.startsWith('Bearer ')) candidates.push(auth.slice(7).trim());
@@ -146,14 +155,14 @@ export class WsGateway {
       if (principal) return { principal, tokenExp: decodeJwt(token).exp ?? 0 };
     }
     const message = cookie && candidates.length === 0 ? 'Origin not allowed for cookie authentication' : undefined;
-    throw new Refusal(new AppError('unauthorized', message), 1008, 'Unauthorized');
+    throw new Refusal(new AppError('unauthorized', message));
   }
 
   private reserve(p: Principal): void {
     const { config } = this.deps;
-    if (this.slots >= config.chat.max_concurrent_sessions) throw new Refusal(new AppError('busy', 'server busy'), 1013, 'server busy');
+    if (this.slots >= config.chat.max_concurrent_sessions) throw new Refusal(new AppError('busy', 'server busy'));
     const mine = this.perUser.get(p.id) ?? 0;
-    if (mine >= config.chat.max_connections_per_user) throw new Refusal(new AppError('busy', 'too many connections'), 1013, 'too many connections');
+    if (mine >= config.chat.max_connections_per_user) throw new Refusal(new AppError('busy', 'too many connections'), [1013, 'too many connections']);
     this.slots++;
     this.perUser.set(p.id, mine + 1);
   }
@@ -171,14 +180,13 @@ export class WsGateway {
       return await this.deps.chat.resolveTarget(principal, req.appId, { chatId, kind: req.kind, versionId: versionOf(req) });
     } catch (err) {
       if (!(err instanceof AppError) || err.code === 'internal') throw this.unexpected(err);
-      const [code, reason] = closeFor(err);
-      throw new Refusal(err, code, reason);
+      throw new Refusal(err);
     }
   }
 
   private open(socket: WebSocket, principal: Principal, tokenExp: number, target: ChatTarget, req: UpgradeRequest): WsSession {
     const session = new WsSession(socket, principal, tokenExp, target, {
-      chat: this.deps.chat, bus: this.deps.bus, config: this.deps.config, kind: req.kind, versionId: versionOf(req), transport: req.transport, onError: (err) => this.logError(err, 'websocket frame failed'),
+      chat: this.deps.chat, bus: this.deps.bus, config: this.deps.config, clock: this.deps.clock, kind: req.kind, versionId: versionOf(req), transport: req.transport, onError: (err) => this.logError(err, 'websocket frame failed'),
     });
     this.sessions.add(session);
     socket.on('pong', () => session.alive());
@@ -198,7 +206,7 @@ export class WsGateway {
    */
   private heartbeat(): void {
     const { connection_timeout, heartbeat_interval } = this.deps.config.chat;
-    const now = Date.now();
+    const now = this.deps.clock.now();
     for (const s of this.sessions) {
       if (s.tokenExp * 1000 <= now) {
         s.expire();
@@ -233,18 +241,4 @@ export class WsGateway {
 function versionOf(req: UpgradeRequest): number | undefined {
   const v = req.query.version_id === undefined ? undefined : Number(req.query.version_id);
   return Number.isSafeInteger(v) ? v : undefined;
-}
-
-/** Close code and reason of a connect failure (PROTOCOL.md §3 and §8.2). */
-function closeFor(e: AppError): [number, string] {
-  switch (e.code) {
-    case 'unauthorized': return [1008, 'Unauthorized'];
-    case 'not_found': case 'app_deleted': return [1008, 'app deleted'];
-    case 'app_offline': return [1008, 'app not online'];
-    case 'forbidden': return [1008, e.message === 'app kind mismatch' ? e.message : 'no permission'];
-    case 'invalid_request': return [1008, 'invalid chat_id'];
-    case 'app_unbuildable': return [1013, 'draft does not build'];
-    case 'busy': return [1013, 'server busy'];
-    default: return [1011, 'internal error'];
-  }
 }

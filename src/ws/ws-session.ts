@@ -1,26 +1,29 @@
 import { randomUUID } from 'node:crypto';
 import type { WebSocket } from 'ws';
 import type { Bus } from '../bus/bus.ts';
-import { errorFrame, encodeFrame, outsideFrame } from '../chat/bisheng-frames.ts';
-import type { ChatService, ChatTarget } from '../chat/chat-service.ts';
+import { errorFrame, encodeFrame, outsideFrame } from '../wire/bisheng-frames.ts';
+import type { ChatService } from '../chat/chat-service.ts';
+import type { ChatTarget } from '../chat/targets.ts';
 import { EventWatch } from '../chat/watch.ts';
 import type { Config } from '../config/config.ts';
+import type { Clock } from '../domain/clock.ts';
 import { holdWrites, type Corkable } from './hold-writes.ts';
-import { AppError, toAppError } from '../domain/errors.ts';
+import { AppError, ERROR_TABLE, toAppError } from '../domain/errors.ts';
 import type { AppKind, Principal } from '../domain/types.ts';
 import { parseClientFrame, type ClientFrame } from './client-frames.ts';
 
 /** One WebSocket: its caller, the conversations it watches, and the frames it receives. */
 export class WsSession {
   readonly id = randomUUID();
-  readonly debugKey = `debug:${this.id}`;
+  /** the bus key of this socket's unstored turns (debug mode) */
+  readonly scratchKey: string;
   /** the peer answered a ping or sent a frame (liveness) */
-  lastAlive = Date.now();
+  lastAlive: number;
   /** the client sent a frame or a watched turn sent one (activity; the idle clock) */
-  lastActive = Date.now();
+  lastActive: number;
   private readonly watches = new Map<string, EventWatch>();
-  /** keys of turns this socket started (stopped on disconnect in debug mode) */
-  private readonly started = new Set<string>();
+  /** turns this socket started, by key: whether the turn is stored (an unstored one is stopped on disconnect) */
+  private readonly started = new Map<string, boolean>();
   private queue: Promise<void> = Promise.resolve();
   private closed = false;
 
@@ -31,14 +34,17 @@ export class WsSession {
     readonly tokenExp: number,
     private target: ChatTarget,
     private readonly deps: {
-      chat: ChatService; bus: Bus; config: Config;
+      chat: ChatService; bus: Bus; config: Config; clock: Clock;
       /** the app kind the socket's path pins, and the app version its query asked for */
       kind: AppKind | undefined; versionId?: number | undefined;
       /** the TCP connection, whose writes are held until the loop comes round */
       transport?: Corkable | undefined;
       onError?: (err: unknown) => void;
     },
-  ) {}
+  ) {
+    this.scratchKey = deps.chat.newScratchKey();
+    this.lastAlive = this.lastActive = deps.clock.now();
+  }
 
   send(text: string): void {
     if (this.closed || this.socket.readyState !== 1) return;
@@ -70,7 +76,7 @@ export class WsSession {
 
   /** The peer answered a protocol ping. */
   alive(): void {
-    this.lastAlive = Date.now();
+    this.lastAlive = this.deps.clock.now();
   }
 
   /** Is a turn of a conversation this socket watches running (here or on another instance)? */
@@ -86,7 +92,7 @@ export class WsSession {
   /** The token expired on a long-lived socket (STYLE.md: long-lived sockets re-check expiry). */
   expire(): void {
     this.reject(new AppError('unauthorized', 'Token expired'));
-    this.close(1008, 'Unauthorized');
+    this.close(...ERROR_TABLE.unauthorized.close);
   }
 
   /** A dead peer cannot take part in a close handshake: drop the connection. */
@@ -101,29 +107,28 @@ export class WsSession {
 
   private async handle(raw: string): Promise<void> {
     if (this.closed) return;
-    if (this.tokenExp * 1000 <= Date.now()) return this.expire();
+    if (this.tokenExp * 1000 <= this.deps.clock.now()) return this.expire();
     const frame = parseClientFrame(raw);
     if (frame.kind === 'ping') return this.send(outsideFrame('system', 'pong', '', {}));
     const target = await this.targetFor(frame);
     switch (frame.kind) {
       case 'ask': {
-        const key = target.chatId ?? this.debugKey;
-        this.watch(key);
+        this.watch(this.keyOf(target));
         const turn = await this.deps.chat.ask({
-          principal: this.principal, target, text: frame.text, inputs: frame.inputs, clientMessageId: frame.clientMessageId, debugKey: this.debugKey,
+          principal: this.principal, target, text: frame.text, inputs: frame.inputs, clientMessageId: frame.clientMessageId, scratchKey: this.scratchKey,
         });
-        this.started.add(turn.key);
+        this.started.set(turn.key, target.chatId !== null);
         // a repeated client_message_id: send the earlier turn's frames this socket has not seen
         if (turn.duplicate) await this.resume(turn.key, turn.fromSeq, false);
         return;
       }
       case 'stop':
-        await this.deps.chat.stop(target.chatId ?? this.debugKey);
+        await (target.chatId === null ? this.deps.chat.stopScratch(this.scratchKey) : this.deps.chat.stop(target.chatId));
         return;
       case 'regenerate': {
         this.watch(target.chatId!);
         const turn = await this.deps.chat.regenerate(this.principal, target);
-        this.started.add(turn.key);
+        this.started.set(turn.key, true);
         return;
       }
       case 'clear_history':
@@ -137,24 +142,23 @@ export class WsSession {
         if (target.chatId) this.watch(target.chatId);
         return;
       case 'init_data': {
-        this.watch(target.chatId ?? this.debugKey);
-        const turn = await this.deps.chat.startWorkflow({ principal: this.principal, target, debugKey: this.debugKey, graph: frame.graph });
-        this.started.add(turn.key);
+        this.watch(this.keyOf(target));
+        const turn = await this.deps.chat.startWorkflow({ principal: this.principal, target, scratchKey: this.scratchKey, graph: frame.graph });
+        this.started.set(turn.key, target.chatId !== null);
         return;
       }
       case 'input': {
-        this.watch(target.chatId ?? this.debugKey);
+        this.watch(this.keyOf(target));
         const turn = await this.deps.chat.answerWorkflow({
-          principal: this.principal, target, debugKey: this.debugKey, nodeId: frame.nodeId, data: frame.data, message: frame.message, messageId: frame.messageId,
+          principal: this.principal, target, scratchKey: this.scratchKey, nodeId: frame.nodeId, data: frame.data, message: frame.message, messageId: frame.messageId,
         });
-        this.started.add(turn.key);
+        this.started.set(turn.key, target.chatId !== null);
         return;
       }
       case 'check_status': {
-        const key = target.chatId ?? this.debugKey;
-        this.watch(key);
-        const status = await this.deps.chat.checkWorkflow(this.principal, target, this.debugKey);
-        if (status.started) this.started.add(status.started.key);
+        this.watch(this.keyOf(target));
+        const status = await this.deps.chat.checkWorkflow(this.principal, target, this.scratchKey);
+        if (status.started) this.started.set(status.started.key, target.chatId !== null);
         // nothing to send again: how the run stands, outside any turn (PROTOCOL.md §8.3)
         else this.send(outsideFrame('system', 'info', { run_id: status.run_id, run_status: status.run_status, node_id: status.node_id }, { chatId: target.chatId ?? '', flowId: target.app.id }));
         return;
@@ -176,6 +180,11 @@ export class WsSession {
     return this.deps.chat.resolveTarget(this.principal, appId, { chatId, kind: this.deps.kind, versionId });
   }
 
+  /** The bus key of a target's turns on this socket. */
+  private keyOf(target: ChatTarget): string {
+    return target.chatId ?? this.scratchKey;
+  }
+
   /** Starts sending the live events of `key` to this socket (idempotent). */
   watch(key: string): EventWatch {
     let w = this.watches.get(key);
@@ -183,7 +192,7 @@ export class WsSession {
       // a chat_id watched before its conversation existed may then be created by another user:
       // only the caller's own turns reach this socket
       w = new EventWatch(this.deps.bus, key, (e) => {
-        this.lastActive = Date.now();
+        this.lastActive = this.deps.clock.now();
         this.send(encodeFrame(e));
       }, { userId: this.principal.id });
       this.watches.set(key, w);
@@ -193,14 +202,15 @@ export class WsSession {
 
   /**
    * Replays every event after `afterSeq`, then continues live — no gap, no duplicate. An explicit
-   * resume is announced and re-sends from afterSeq; a repeated question only sends what was not seen.
+   * resume (of a stored conversation: `key` is its chat_id) is announced and re-sends from
+   * afterSeq; a repeated question only sends what was not seen.
    */
   async resume(key: string, afterSeq: number, announce: boolean): Promise<void> {
     await this.watch(key).resume(afterSeq, {
       mode: announce ? 'exact' : 'unseen',
       before: announce ? (events) => {
         const message = events ? { resumed: true, from_seq: afterSeq } : { resumed: false, reason: 'the replay log no longer covers last_seq; reload the history' };
-        this.send(outsideFrame('system', 'info', message, { chatId: key.startsWith('debug:') ? '' : key, flowId: this.target.app.id }));
+        this.send(outsideFrame('system', 'info', message, { chatId: key, flowId: this.target.app.id }));
       } : undefined,
     });
   }
@@ -216,13 +226,12 @@ export class WsSession {
     this.closed = true;
     for (const w of this.watches.values()) w.close();
     this.watches.clear();
-    for (const key of this.started) {
-      const debug = key.startsWith('debug:');
-      if ((debug || !this.deps.config.chat.run_on_disconnect) && this.deps.chat.isRunning(key)) {
-        this.deps.chat.stop(key).catch((err: unknown) => this.deps.onError?.(err));
+    for (const [key, stored] of this.started) {
+      if ((!stored || !this.deps.config.chat.run_on_disconnect) && this.deps.chat.isRunning(key)) {
+        (stored ? this.deps.chat.stop(key) : this.deps.chat.stopScratch(key)).catch((err: unknown) => this.deps.onError?.(err));
       }
     }
-    // nobody can watch this socket's debug key again: let the chat core forget its seq counter
-    this.deps.chat.forgetDebugKey(this.debugKey);
+    // nobody can watch this socket's scratch key again: let the chat core forget what it keeps for it
+    this.deps.chat.forgetScratch(this.scratchKey);
   }
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { encodeFrame, toFrame } from '../../src/chat/bisheng-frames.ts';
+import { encodeFrame, toFrame } from '../../src/wire/bisheng-frames.ts';
 import type { ChatEvent, ChatEventBody } from '../../src/domain/events.ts';
 
 const event = (body: ChatEventBody, over: Partial<ChatEvent> = {}): ChatEvent => ({

@@ -5,7 +5,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { AppError } from '../../src/domain/errors.ts';
-import type { ChatEventBody } from '../../src/domain/events.ts';
+import type { WorkflowEventBody } from '../../src/domain/events.ts';
 import type { WorkflowGraph } from '../../src/domain/types.ts';
 import { CodeSandbox, SandboxError } from '../../src/runtimes/workflow/code-sandbox.ts';
 import { WorkflowExecutor, type WorkflowContext } from '../../src/runtimes/workflow/executor.ts';
@@ -14,14 +14,14 @@ const sandbox = new CodeSandbox({ maxWorkers: 2 });
 const executor = new WorkflowExecutor({ sandbox });
 afterAll(() => sandbox.close());
 
-type Frame = Extract<ChatEventBody, { kind: 'frame' }>;
+type Frame = WorkflowEventBody;
 
 function context(signal = new AbortController().signal): { ctx: WorkflowContext; frames: Frame[] } {
   const frames: Frame[] = [];
   return {
     frames,
     ctx: {
-      emit: (body) => void frames.push(body as Frame),
+      emit: (body) => void frames.push(body),
       signal,
       providers: { get: () => undefined },
       defaultModel: { provider: 'default' },
@@ -66,8 +66,8 @@ describe('code node', () => {
   it('shows its inputs and outputs in node_run/end', async () => {
     const { ctx, frames } = context();
     await executor.start(codeGraph('({ b: inputs.a })'), ctx);
-    expect(frames.find((f) => f.type === 'end' && (f.message as { node_id: string }).node_id === 'k')!.message).toMatchObject({
-      node_type: 'code', input_data: { inputs: { a: 41, words: ['x', 'y'], text: 'a is 41' } }, output: { b: 41 },
+    expect(frames.find((f) => f.kind === 'node_end' && f.node.nodeId === 'k')).toMatchObject({
+      nodeType: 'code', input: { inputs: { a: 41, words: ['x', 'y'], text: 'a is 41' } }, output: { b: 41 },
     });
   });
 
@@ -156,12 +156,12 @@ describe('code node', () => {
     const controller = new AbortController();
     const { ctx, frames } = context(controller.signal);
     const run = executor.start(codeGraph('while (true) {}', { timeout_ms: 5000 }), { ...ctx, emit: (body) => {
-      frames.push(body as Frame);
-      if (body.kind === 'frame' && body.category === 'node_run' && body.type === 'start' && (body.message as { node_id: string }).node_id === 'k') setTimeout(() => controller.abort(), 50);
+      frames.push(body);
+      if (body.kind === 'node_start' && body.node.nodeId === 'k') setTimeout(() => controller.abort(), 50);
     } });
     const state = await run;
     expect(state.status).toBe('stopped');
-    expect(frames.at(-1)!.message).toMatchObject({ node_id: 'k', reason: 'stopped' });
+    expect(frames.at(-1)).toMatchObject({ kind: 'node_end', node: { nodeId: 'k' }, reason: 'stopped' });
     await expectHealthy();
   });
 });

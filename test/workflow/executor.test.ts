@@ -1,20 +1,18 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { DEMO_APPS } from '../../src/apps/demo-apps.ts';
 import { AppError } from '../../src/domain/errors.ts';
-import type { ChatEventBody } from '../../src/domain/events.ts';
+import { workflowMessage, type BishengMessage } from '../../src/domain/bisheng-messages.ts';
 import type { LlmProvider, Tool } from '../../src/domain/llm.ts';
 import type { WorkflowGraph } from '../../src/domain/types.ts';
 import { DemoProvider } from '../../src/providers/demo-provider.ts';
 import { OpenAiCompatibleProvider } from '../../src/providers/openai-compatible-provider.ts';
-import { WorkflowExecutor, type WorkflowContext, type WorkflowRunState } from '../../src/runtimes/workflow/executor.ts';
+import { requestOf, WorkflowExecutor, type WorkflowContext, type WorkflowRunState } from '../../src/runtimes/workflow/executor.ts';
 import { createCalculatorTool } from '../../src/tools/calculator-tool.ts';
 import { MockLlm } from '../fixtures/mock-llm.ts';
 
-type Frame = Extract<ChatEventBody, { kind: 'frame' }>;
+/** an event as Bisheng frames it, and the message id the core gave it */
+type Frame = BishengMessage & { messageId?: number | string | null | undefined };
 type Msg = Record<string, any>;
-
-/** the categories the chat core persists as message rows (it fills messageId on them) */
-const PERSISTED = new Set(['input', 'output_msg', 'output_with_choose_msg', 'output_with_input_msg']);
 
 let mock: MockLlm;
 let provider: OpenAiCompatibleProvider;
@@ -47,10 +45,11 @@ function harness(overrides: Partial<WorkflowContext> & { onFrame?: (f: Frame, h:
     controller,
     ctx: {
       async emit(body) {
-        if (body.kind !== 'frame') throw new Error(`the engine emits only frames, got ${body.kind}`);
-        frames.push(body);
-        if (PERSISTED.has(body.category) || (body.category === 'stream_msg' && body.type === 'end')) body.messageId = ++rowId;
-        onFrame?.(body, h);
+        // the events the chat core persists as message rows (it fills messageId on them)
+        if (body.kind === 'input_request' || body.kind === 'output' || body.kind === 'node_answer') body.messageId = ++rowId;
+        const frame: Frame = { ...workflowMessage(body), messageId: 'messageId' in body ? body.messageId : undefined };
+        frames.push(frame);
+        onFrame?.(frame, h);
       },
       signal: controller.signal,
       providers: { get: (name: string): LlmProvider | undefined => (name === 'default' ? provider : undefined) },
@@ -122,7 +121,13 @@ describe('the demo workflow', () => {
       },
     });
     // what the store keeps: the request as sent (for check_status), with the row id the core gave it
-    expect(state.pending).toMatchObject({ node_id: 'ask', kind: 'form', message_id: 101, frame: { category: 'input', type: 'over', message: request } });
+    expect(state.pending).toMatchObject({ node_id: 'ask', kind: 'form', message_id: 101, name: 'Topic', text: 'What should I write about?' });
+    expect(workflowMessage(requestOf(state.pending!))).toEqual({ category: 'input', type: 'over', message: request });
+
+    // a state kept before requests were kept by name and text carries the request as its frame: read the same
+    const { name: _name, text: _text, ...older } = roundTrip(state).pending!;
+    const legacy = WorkflowExecutor.readState(JSON.stringify({ ...state, pending: { ...older, frame: { category: 'input', type: 'over', message: request } } }));
+    expect(legacy.pending).toEqual(roundTrip(state).pending);
     expect(state.pending!.unique_id).toBe(h.msgs('node_run', 'start')[1]!.unique_id);
 
     state = roundTrip(state);

@@ -1,16 +1,16 @@
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
-import type { FastifyReply } from 'fastify';
 import { AppError, type ErrorCode } from '../../domain/errors.ts';
 import type { Principal } from '../../domain/types.ts';
-import { asAppError, type App } from '../app.ts';
-import { dataEvent, SseStream } from '../sse.ts';
+import { errorHandler, type App } from '../app.ts';
+import { startCompletion } from '../completions/completion.ts';
+import { CompletionEncoder, type Chunk } from '../completions/encoder.ts';
+import { apiKeyPrincipal, chatIdOf, describeInvalid, detailOf, splitMessages, workflowInputOf } from '../completions/request.ts';
+import { ChatCompletionSchema, ChatMessageIn } from '../completions/schemas.ts';
+import { drainCompletion, streamCompletion, type StreamDialect } from '../completions/writers.ts';
+import { dataEvent } from '../sse.ts';
 import type { Services } from '../services.ts';
 import { HexId } from '../schemas.ts';
-import {
-  apiKeyPrincipal, ChatCompletionSchema, ChatMessageIn, chatIdOf, CompletionEncoder, describeInvalid, drainCompletion, isPayloadTooLarge, retryAfter, splitMessages, startCompletion, workflowInputOf,
-  type Chunk, type Completion,
-} from './openai-routes.ts';
 
 /**
  * The Astron-compatible agent API (PROTOCOL.md §4, §8.8): `POST /agent/v1/chat/completions`.
@@ -50,38 +50,44 @@ const AstronBody = Type.Object({
 
 const AstronError = Type.Object({ code: Type.Integer({ description: '1001 validation, 1002 authentication, 1003 rate limit, 1004 workflow, 1005 timeout, 1006 unknown' }), message: Type.String() });
 
-export const ASTRON = { ok: 0, invalid: 1001, auth: 1002, rate: 1003, workflow: 1004, timeout: 1005, unknown: 1006 } as const;
-const PING = dataEvent(JSON.stringify({ ping: 'pong' }));
-const SSE_DONE = 'data: [DONE]\n\n';
+const ASTRON = { ok: 0, invalid: 1001, auth: 1002, rate: 1003, workflow: 1004, timeout: 1005, unknown: 1006 } as const;
 
-/** The Astron code of an error inside a turn. */
-function turnCode(code: ErrorCode): number {
-  if (code === 'upstream_timeout' || code === 'workflow_input_timeout') return ASTRON.timeout;
-  if (code.startsWith('workflow_')) return ASTRON.workflow;
-  return ASTRON.unknown;
-}
+/** Each code as Astron says it: before streaming (HTTP status and code), and inside a turn (the code of the last chunk). */
+const ASTRON_ERRORS: Record<ErrorCode, { status: number; code: number; inTurn: number }> = {
+  invalid_request: { status: 400, code: ASTRON.invalid, inTurn: ASTRON.unknown },
+  unauthorized: { status: 401, code: ASTRON.auth, inTurn: ASTRON.unknown },
+  forbidden: { status: 400, code: ASTRON.invalid, inTurn: ASTRON.unknown },
+  app_kind_mismatch: { status: 400, code: ASTRON.invalid, inTurn: ASTRON.unknown },
+  conversation_denied: { status: 400, code: ASTRON.invalid, inTurn: ASTRON.unknown },
+  not_found: { status: 400, code: ASTRON.invalid, inTurn: ASTRON.unknown },
+  conflict: { status: 400, code: ASTRON.invalid, inTurn: ASTRON.unknown },
+  too_large: { status: 400, code: ASTRON.invalid, inTurn: ASTRON.unknown },
+  rate_limited: { status: 429, code: ASTRON.rate, inTurn: ASTRON.unknown },
+  app_deleted: { status: 400, code: ASTRON.invalid, inTurn: ASTRON.unknown },
+  app_offline: { status: 400, code: ASTRON.invalid, inTurn: ASTRON.unknown },
+  app_unbuildable: { status: 400, code: ASTRON.invalid, inTurn: ASTRON.unknown },
+  busy: { status: 503, code: ASTRON.unknown, inTurn: ASTRON.unknown },
+  upstream_error: { status: 502, code: ASTRON.unknown, inTurn: ASTRON.unknown },
+  upstream_timeout: { status: 504, code: ASTRON.timeout, inTurn: ASTRON.timeout },
+  workflow_input_timeout: { status: 408, code: ASTRON.timeout, inTurn: ASTRON.timeout },
+  workflow_max_steps: { status: 422, code: ASTRON.workflow, inTurn: ASTRON.workflow },
+  workflow_node_invalid: { status: 422, code: ASTRON.workflow, inTurn: ASTRON.workflow },
+  workflow_failed: { status: 500, code: ASTRON.workflow, inTurn: ASTRON.workflow },
+  internal: { status: 500, code: ASTRON.unknown, inTurn: ASTRON.unknown },
+};
 
-/** An error before streaming: HTTP status and Astron code. */
-function astronError(e: AppError, payloadTooLarge: boolean): { status: number; code: number; message: string } {
-  const reason = (e.data as { reason?: string } | null)?.reason;
-  switch (e.code) {
-    case 'unauthorized': return { status: 401, code: ASTRON.auth, message: e.message };
-    case 'rate_limited': return { status: 429, code: ASTRON.rate, message: e.message };
-    case 'invalid_request':
-      return { status: 400, code: ASTRON.invalid, message: describeInvalid(e).message };
-    case 'not_found': case 'app_deleted': case 'app_offline': case 'forbidden': case 'conflict': case 'too_large': case 'app_unbuildable':
-      return { status: payloadTooLarge ? 413 : 400, code: ASTRON.invalid, message: reason === 'model_not_found' ? `bot_id: no such bot, or this caller may not use it` : e.message };
-    case 'upstream_timeout': return { status: 504, code: ASTRON.timeout, message: e.message };
-    case 'upstream_error': return { status: 502, code: ASTRON.unknown, message: e.message };
-    case 'busy': return { status: 503, code: ASTRON.unknown, message: e.message };
-    case 'workflow_input_timeout': case 'workflow_max_steps': case 'workflow_node_invalid': case 'workflow_failed':
-      return { status: e.httpStatus, code: turnCode(e.code), message: e.message };
-    default: return { status: 500, code: ASTRON.unknown, message: 'Internal error' };
-  }
+/** An error before streaming: HTTP status and Astron's body. */
+function astronError(e: AppError, payloadTooLarge: boolean): { status: number; body: { code: number; message: string } } {
+  const { status, code } = ASTRON_ERRORS[e.code];
+  let message = e.message;
+  if (e.code === 'invalid_request') message = describeInvalid(e).message;
+  else if (e.code === 'internal') message = 'Internal error';
+  else if (detailOf(e).reason === 'model_not_found') message = 'bot_id: no such bot, or this caller may not use it';
+  return { status: payloadTooLarge ? 413 : status, body: { code, message } };
 }
 
 export function registerAstronRoutes(app: App, services: Services): void {
-  const { auth, repos, config } = services;
+  const { auth, repos, config, chat, bus } = services;
   const heartbeatMs = config.chat.heartbeat_interval * 1000;
 
   /** An API key; else, behind a trusted gateway, the user named by x-consumer-username. */
@@ -96,13 +102,7 @@ export function registerAstronRoutes(app: App, services: Services): void {
 
   void app.register(async (instance) => {
     const scope = instance.withTypeProvider<TypeBoxTypeProvider>();
-    scope.setErrorHandler((err, req, reply) => {
-      const e = asAppError(err);
-      if (e.code === 'internal') req.log.error({ err: e.cause ?? err }, 'unhandled error');
-      const { status, code, message } = astronError(e, isPayloadTooLarge(err));
-      if (e.code === 'rate_limited') reply.header('retry-after', retryAfter(e));
-      return reply.status(status).send({ code, message });
-    });
+    scope.setErrorHandler(errorHandler(astronError));
     scope.setNotFoundHandler((req, reply) => reply.status(404).send({ code: ASTRON.invalid, message: `No route ${req.method} ${req.url.split('?')[0]}` }));
     scope.addHook('onRequest', async (req) => {
       if (!req.routeOptions.url) return;
@@ -137,49 +137,38 @@ export function registerAstronRoutes(app: App, services: Services): void {
       if (messages) ({ question, history } = splitMessages(messages, 'parameters.messages'));
       else if (input !== undefined && input.trim()) question = input;
       else throw AppError.invalid([{ path: 'body/parameters', message: 'needs `messages` or a non-empty `input`' }], 'parameters: needs `messages` or a non-empty `input`');
-      const completion = await startCompletion(services, req.principal!, {
+      const completion = await startCompletion(chat, bus, req.principal!, {
         appId: body.bot_id, chatId, question, history, chatIdParam: body.chat_id ? 'chat_id' : 'X-Chat-Id',
         workflowInput: workflowInputOf(body.parameters.workflow_input, 'parameters.workflow_input'),
       });
       const enc = new CompletionEncoder(`chatcmpl-${completion.turn.turnId}`, completion.created, body.bot_id);
-      return body.stream === false ? whole(reply, completion, enc) : stream(reply, completion, enc, heartbeatMs);
+      if (body.stream !== false) return streamCompletion(reply, completion, enc, astronStream(enc), heartbeatMs);
+      if (!(await drainCompletion(reply, completion, enc))) return reply;
+      if (enc.error) {
+        const code = ASTRON_ERRORS[enc.error.code].inTurn;
+        const status = code === ASTRON.timeout ? 504 : enc.error.code === 'upstream_error' ? 502 : 500;
+        return reply.status(status).send({ code, message: enc.error.message });
+      }
+      return reply.type('application/json; charset=utf-8').send(ok(enc.completion()));
     });
   }, { prefix: '/agent/v1' });
 }
 
 const ok = (c: object) => ({ code: ASTRON.ok, message: 'success', ...c });
 
-async function stream(reply: FastifyReply, completion: Completion, enc: CompletionEncoder, heartbeatMs: number) {
-  const sse = new SseStream(reply, { ping: PING, heartbeatMs });
-  sse.onClientGone(() => completion.cancel());
-  sse.open();
-  try {
-    await completion.events.each((e) => {
-      const chunks = enc.push(e);
-      // the finish chunk carries the usage (Astron has no stream_options)
+/** Astron's stream: opened at once, `{"ping": "pong"}` keep-alives; the finish chunk carries the usage (Astron has no stream_options). */
+function astronStream(enc: CompletionEncoder): StreamDialect {
+  return {
+    ping: dataEvent(JSON.stringify({ ping: 'pong' })),
+    openAtOnce: true,
+    encode: (chunks) => {
       const last = chunks.at(-1);
       if (last?.choices[0]?.finish_reason) last.usage = enc.usage;
-      if (chunks.length) sse.write(chunks.map((c: Chunk) => dataEvent(JSON.stringify(ok(c)))).join(''));
-    });
-  } finally {
-    completion.settle();
-  }
-  if (sse.closed) return reply;
-  if (enc.error) {
-    const failed = { code: turnCode(enc.error.code), message: enc.error.message, id: enc.id, object: 'chat.completion.chunk', created: enc.created, model: enc.model, choices: [] };
-    sse.end(dataEvent(JSON.stringify(failed)) + SSE_DONE);
-  } else {
-    sse.end(SSE_DONE);
-  }
-  return reply;
-}
-
-async function whole(reply: FastifyReply, completion: Completion, enc: CompletionEncoder) {
-  if (!(await drainCompletion(reply, completion, enc))) return reply.hijack();
-  if (enc.error) {
-    const code = turnCode(enc.error.code);
-    const status = code === ASTRON.timeout ? 504 : enc.error.code === 'upstream_error' ? 502 : 500;
-    return reply.status(status).send({ code, message: enc.error.message });
-  }
-  return reply.type('application/json; charset=utf-8').send(ok(enc.completion()));
+      return chunks.map((c: Chunk) => dataEvent(JSON.stringify(ok(c)))).join('');
+    },
+    failed: (e) => dataEvent(JSON.stringify({
+      code: ASTRON_ERRORS[e.code].inTurn, message: e.message, id: enc.id, object: 'chat.completion.chunk', created: enc.created, model: enc.model, choices: [],
+    })),
+    done: () => '',
+  };
 }

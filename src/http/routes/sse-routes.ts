@@ -1,8 +1,6 @@
-import { randomUUID } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
 import type { FastifyReply } from 'fastify';
-import { encodeFrame, outsideFrame } from '../../chat/bisheng-frames.ts';
-import type { ChatTarget } from '../../chat/chat-service.ts';
+import { encodeFrame, outsideFrame } from '../../wire/bisheng-frames.ts';
 import { EventWatch, turnOpenAt } from '../../chat/watch.ts';
 import { AppError } from '../../domain/errors.ts';
 import type { ChatEvent } from '../../domain/events.ts';
@@ -63,16 +61,6 @@ function parseLastEventId(raw: string | undefined, path: string): number | null 
 export function registerSseRoutes(app: App, { chat, bus, config }: Services): void {
   const heartbeatMs = config.chat.heartbeat_interval * 1000;
 
-  /** The app and conversation; a conversation of someone else answers 404 like a missing one (PROTOCOL.md §8.10). */
-  const resolve = async (p: Principal, appId: string, chatId: string | null): Promise<ChatTarget> => {
-    try {
-      return await chat.resolveTarget(p, appId, { chatId });
-    } catch (err) {
-      if (chatId !== null && err instanceof AppError && err.code === 'forbidden') throw AppError.notFound('Conversation not found');
-      throw err;
-    }
-  };
-
   /** An SSE response that writes the caller's events of `key` (held until released) and ends after processing/close. */
   const stream = (reply: FastifyReply, p: Principal, key: string, onFinish?: () => void) => {
     const sse = new SseStream(reply, { ping: PING_COMMENT, heartbeatMs });
@@ -90,7 +78,7 @@ export function registerSseRoutes(app: App, { chat, bus, config }: Services): vo
 
   /** Replays after `afterSeq`, then streams live until the turn's processing/close. */
   const resume = async (reply: FastifyReply, p: Principal, appId: string, chatId: string, afterSeq: number) => {
-    const target = await resolve(p, appId, chatId);
+    const target = await chat.resolveTarget(p, appId, { chatId });
     const { sse, watch, finish } = stream(reply, p, chatId);
     sse.onClientGone(() => watch.close());
     const ids = { chatId, flowId: target.app.id };
@@ -135,26 +123,27 @@ export function registerSseRoutes(app: App, { chat, bus, config }: Services): vo
     const inputs = req.body.inputs;
     const text = inputs?.input ?? inputs?.question;
     if (typeof text !== 'string') throw AppError.invalid([{ path: 'body/inputs/input', message: 'required' }]);
-    const target = await resolve(p, appId, chatId);
+    const target = await chat.resolveTarget(p, appId, { chatId });
 
-    const key = chatId ?? `debug:sse:${randomUUID()}`;
-    const { sse, watch, finish } = stream(reply, p, key, () => {
-      if (!chatId) chat.forgetDebugKey(key);
-    });
+    const key = chatId ?? chat.newScratchKey();
+    const forget = () => {
+      if (!chatId) chat.forgetScratch(key);
+    };
+    const { sse, watch, finish } = stream(reply, p, key, forget);
     let turn;
     try {
-      turn = await chat.ask({ principal: p, target, text, inputs: inputs ?? {}, clientMessageId: req.body.client_message_id, debugKey: key });
+      turn = await chat.ask({ principal: p, target, text, inputs: inputs ?? {}, clientMessageId: req.body.client_message_id, scratchKey: key });
     } catch (err) {
       watch.close();
       sse.abandon();
-      if (!chatId) chat.forgetDebugKey(key);
+      forget();
       throw err;
     }
     // debug turns exist only for this response; a stored conversation's turn follows chat.run_on_disconnect
     sse.onClientGone(() => {
       watch.close();
-      if ((!chatId || !config.chat.run_on_disconnect) && chat.isRunning(key)) void chat.stop(key);
-      if (!chatId) chat.forgetDebugKey(key);
+      if ((!chatId || !config.chat.run_on_disconnect) && chat.isRunning(key)) void (chatId ? chat.stop(chatId) : chat.stopScratch(key));
+      forget();
     });
     sse.open();
     if (turn.duplicate) {

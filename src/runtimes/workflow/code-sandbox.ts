@@ -15,7 +15,7 @@
  */
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
-import type { JsonValue } from './workflow-graph.ts';
+import type { JsonValue } from '../../domain/types.ts';
 
 /** Why a run failed: `syntax` is a problem of the node's code; the rest happened while it ran. */
 export type SandboxFailure = 'syntax' | 'error' | 'timeout' | 'memory' | 'output' | 'stopped' | 'crashed';

@@ -17,32 +17,28 @@
  * request throws `invalid_request` (10400, every problem in `data.errors`) and the run keeps waiting.
  * `start`/`resume` never change the state they are given; they work on a copy.
  *
- * Frames (ChatEventBody `{kind: 'frame', category, type, message}`), each message carrying
- * `unique_id` (one node run), `node_id` and `name`:
- *   node_run/start {node_type} · node_run/end {node_type, input_data, output, log_data, duration_ms, reason?}
- *   guide_word/over {guide_word} · guide_question/over {guide_question: string[]}   (start node)
- *   stream_msg/stream {msg: delta, reasoning_content, output_key} · stream_msg/end {msg: full text,
- *     reasoning_content, output_key, interrupted?}                                   (llm node)
- *   output_msg/over {msg, output_key: ''} · output_with_choose_msg/over {msg, key: 'output_result', options}
- *     · output_with_input_msg/over {msg, key: 'output_result', input_msg}             (output node)
- *   input/over {msg, input_schema: {input_type, tab, value: [...]}}                 (input node)
- * A frame that asks (input, output_with_*) is the last of its call: the run then waits. `emit` is
- * awaited; the core may set `messageId` on the body it persisted and the run keeps it with the
- * request (`pending.message_id`). processing/begin and processing/close are the core's.
+ * Events (domain/events.ts WorkflowEventBody; their Bisheng frames are in domain/bisheng-messages.ts):
+ *   node_start · node_end {input, output, durationMs, reason?}          (every node run)
+ *   guide_word · guide_questions                                        (start node)
+ *   node_delta (streamed text) · node_answer (the whole text, `interrupted` when stopped)   (llm node)
+ *   output (an output node's message)
+ *   input_request {text, schema}: an input node's dialog or form, an output node's choice or edit
+ * An input_request is the last event of its call: the run then waits. `emit` is awaited; the core
+ * may set `messageId` on the events it persists and the run keeps the request's (`pending.message_id`).
+ * processing/begin and processing/close are the core's.
  */
 import { randomUUID } from 'node:crypto';
 import { AppError, ERROR_TABLE, type ErrorCode } from '../../domain/errors.ts';
-import type { ChatEventBody } from '../../domain/events.ts';
-import type { LlmMessage, LlmProvider, LlmUsage, Tool } from '../../domain/llm.ts';
-import type { ModelSettings, WorkflowGraph } from '../../domain/types.ts';
-import { SandboxError, sharedSandbox, type CodeSandbox } from './code-sandbox.ts';
+import type { NodeRun, WorkflowEventBody } from '../../domain/events.ts';
+import type { LlmProvider, LlmUsage, Tool } from '../../domain/llm.ts';
+import { isRecord, type JsonValue, type ModelSettings, type WorkflowGraph } from '../../domain/types.ts';
+import type { AnswerSchema, InputKind } from '../../domain/workflow.ts';
+import type { CodeSandbox } from './code-sandbox.ts';
 import { validateGraph } from './graph-validate.ts';
-import { checkAnswer, dialogSchema, formSchema, type AnswerSchema, type InputKind } from './input-requests.ts';
-import { render, resolve, toText, type Variables } from './template.ts';
-import {
-  CODE_TIMEOUT_DEFAULT_MS, CODE_TIMEOUT_MAX_MS, DEFAULT_OUTPUT_KEY, ELSE_HANDLE, UNARY_OPS, isRecord, nodeName,
-  type ConditionOp, type JsonValue, type NodeDataOf, type NodeType, type WorkflowNode,
-} from './workflow-graph.ts';
+import { checkAnswer } from './input-requests.ts';
+import { runNode, toWorkflowError, type NodeEnv, type NodeResult } from './nodes.ts';
+import type { Variables } from './template.ts';
+import { nodeName, type WorkflowNode } from './workflow-graph.ts';
 
 /** waiting → running → input ⇄ running → success | failed | stopped (PROTOCOL.md §3.2) */
 export type RunStatus = 'waiting' | 'running' | 'input' | 'success' | 'failed' | 'stopped';
@@ -53,8 +49,9 @@ export interface PendingInput {
   kind: InputKind;
   /** what the answer is checked against */
   schema: AnswerSchema;
-  /** the request frame as it was sent: `check_status` sends it again */
-  frame: { category: string; type: string; message: Record<string, JsonValue> };
+  /** the node's name and what it showed the user: `check_status` sends the request again */
+  name: string;
+  text: string;
   /** the stored message row of the request, when the core persisted it */
   message_id: number | string | null;
   /** epoch ms */
@@ -95,8 +92,8 @@ export interface WorkflowAnswer {
 }
 
 export interface WorkflowContext {
-  /** awaited; the core may fill `messageId` on the frames it persists */
-  emit(body: ChatEventBody): void | Promise<void>;
+  /** awaited; the core may fill `messageId` on the events it persists */
+  emit(body: WorkflowEventBody): void | Promise<void>;
   /** stop: aborts a model call, a tool, a code run; the run ends as 'stopped' */
   signal: AbortSignal;
   providers: { get(name: string): LlmProvider | undefined };
@@ -116,15 +113,6 @@ export interface ExecutorOptions {
   /** where code nodes run; default: the process's shared sandbox */
   sandbox?: CodeSandbox;
 }
-
-type Frame = Extract<ChatEventBody, { kind: 'frame' }>;
-type Base = { unique_id: string; node_id: string; name: string };
-
-/** What a node's handler comes back with. */
-type NodeResult =
-  | { kind: 'done'; input: Record<string, JsonValue>; outputs: Record<string, JsonValue>; handle?: string }
-  | { kind: 'wait'; schema: AnswerSchema; category: string; message: Record<string, JsonValue>; outputs: Record<string, JsonValue> }
-  | { kind: 'stopped' };
 
 const ZERO_USAGE: LlmUsage = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 };
 const newId = () => randomUUID().replaceAll('-', '');
@@ -193,6 +181,36 @@ export class WorkflowExecutor {
   static expired(state: WorkflowRunState, timeoutMs: number, now = Date.now()): boolean {
     return state.status === 'input' && state.pending !== null && now - state.pending.requested_at > timeoutMs;
   }
+
+  /**
+   * A stored state, as JSON. States kept before the request was stored by name and text carry it
+   * as the Bisheng frame that was sent (`pending.frame.message.{name, msg}`).
+   */
+  static readState(json: string): WorkflowRunState {
+    const state = JSON.parse(json) as WorkflowRunState;
+    const pending = state.pending as (PendingInput & { frame?: { message?: { name?: unknown; msg?: unknown } } }) | null;
+    if (pending && pending.name === undefined) {
+      const shown = pending.frame?.message ?? {};
+      pending.name = typeof shown.name === 'string' ? shown.name : pending.node_id;
+      pending.text = typeof shown.msg === 'string' ? shown.msg : '';
+      delete pending.frame;
+    }
+    return state;
+  }
+}
+
+/** The request a waiting run asked, as it was sent (check_status sends it again). */
+export function requestOf(pending: PendingInput): WorkflowEventBody {
+  return {
+    kind: 'input_request', node: { runId: pending.unique_id, nodeId: pending.node_id, name: pending.name }, text: pending.text, schema: pending.schema,
+    messageId: pending.message_id,
+  };
+}
+
+/** The error of an answer that came after workflow.input_timeout (10527), naming the node. */
+export function inputTimeout(pending: PendingInput, timeoutMs: number): AppError {
+  const after = timeoutMs >= 60_000 ? `${Math.round(timeoutMs / 60_000)} min` : `${Math.round(timeoutMs / 1000)} s`;
+  return new AppError('workflow_input_timeout', `node "${pending.name}" waited for input longer than ${after}`, { data: { node_id: pending.node_id, node_name: pending.name } });
 }
 
 /** One call of start/resume: the state it advances and the context it runs in. */
@@ -240,11 +258,11 @@ class Run {
     const s = this.state;
     const pending = s.pending!;
     const node = this.node(pending.node_id);
-    const base: Base = { unique_id: pending.unique_id, node_id: node.id, name: nodeName(node) };
+    const run: NodeRun = { runId: pending.unique_id, nodeId: node.id, name: nodeName(node) };
     const timeout = this.ctx.inputTimeoutMs;
     if (timeout !== undefined && this.now() - pending.requested_at > timeout) {
-      const error = new AppError('workflow_input_timeout', `node "${base.name}" waited for input longer than ${timeout >= 60_000 ? `${Math.round(timeout / 60_000)} min` : `${Math.round(timeout / 1000)} s`}`, { data: { node_id: node.id, node_name: base.name } });
-      await this.endFrame(node, base, pending.started_at, {}, {}, error.message);
+      const error = inputTimeout(pending, timeout);
+      await this.endEvent(node, run, pending.started_at, {}, {}, error.message);
       throw error;
     }
     const values = checkAnswer(pending.schema, answer.data);
@@ -252,7 +270,7 @@ class Run {
     const outputs = { ...pending.outputs, ...values };
     s.variables[node.id] = outputs;
     s.pending = null;
-    await this.endFrame(node, base, pending.started_at, values, outputs);
+    await this.endEvent(node, run, pending.started_at, values, outputs);
     this.follow(node, undefined);
     return this.drive();
   }
@@ -282,263 +300,59 @@ class Run {
     }
   }
 
-  private async emit(category: string, type: string, message: Record<string, JsonValue>): Promise<Frame> {
-    const body: Frame = { kind: 'frame', category, type, message };
-    await this.ctx.emit(body);
-    return body;
+  private emit(body: WorkflowEventBody): Promise<void> {
+    return Promise.resolve(this.ctx.emit(body));
   }
 
-  private endFrame(node: WorkflowNode, base: Base, startedAt: number, input: Record<string, JsonValue>, output: Record<string, JsonValue>, reason?: string) {
-    return this.emit('node_run', 'end', {
-      ...base, node_type: node.type, input_data: input,
-      // `log_data` is Bisheng's name for what a node did; Parley's clients read `output`
-      output, log_data: output, duration_ms: Math.max(0, this.now() - startedAt), ...(reason !== undefined && { reason }),
-    });
+  private endEvent(node: WorkflowNode, run: NodeRun, startedAt: number, input: Record<string, JsonValue>, output: Record<string, JsonValue>, reason?: string) {
+    return this.emit({ kind: 'node_end', node: run, nodeType: node.type, input, output, durationMs: Math.max(0, this.now() - startedAt), ...(reason !== undefined && { reason }) });
   }
 
-  /** Runs one node between its node_run frames. */
+  /** Runs one node between its node_start and node_end events. */
   private async execute(node: WorkflowNode): Promise<'wait' | 'stopped' | { handle: string | undefined }> {
-    const base: Base = { unique_id: newId(), node_id: node.id, name: nodeName(node) };
+    const run: NodeRun = { runId: newId(), nodeId: node.id, name: nodeName(node) };
     const startedAt = this.now();
-    await this.emit('node_run', 'start', { ...base, node_type: node.type });
+    await this.emit({ kind: 'node_start', node: run, nodeType: node.type });
     let result: NodeResult;
     try {
-      result = await this.handle(node, base);
+      result = await runNode(node, run, this.env);
     } catch (err) {
       if (this.ctx.signal.aborted) result = { kind: 'stopped' };
       else {
         const error = toWorkflowError(err, node);
-        await this.endFrame(node, base, startedAt, {}, {}, error.message);
+        await this.endEvent(node, run, startedAt, {}, {}, error.message);
         throw error;
       }
     }
     switch (result.kind) {
       case 'stopped':
-        await this.endFrame(node, base, startedAt, {}, {}, 'stopped');
+        await this.endEvent(node, run, startedAt, {}, {}, 'stopped');
         return 'stopped';
       case 'wait': {
-        const request = await this.emit(result.category, 'over', result.message);
+        const request: WorkflowEventBody = { kind: 'input_request', node: run, text: result.text, schema: result.schema };
+        await this.emit(request);
         this.state.pending = {
-          node_id: node.id, kind: result.schema.kind, schema: result.schema,
-          frame: { category: result.category, type: 'over', message: result.message },
-          message_id: request.messageId ?? null, requested_at: this.now(), unique_id: base.unique_id, started_at: startedAt, outputs: result.outputs,
+          node_id: node.id, kind: result.schema.kind, schema: result.schema, name: run.name, text: result.text,
+          message_id: request.messageId ?? null, requested_at: this.now(), unique_id: run.runId, started_at: startedAt, outputs: result.outputs,
         };
         return 'wait';
       }
       case 'done':
         this.state.variables[node.id] = result.outputs;
-        await this.endFrame(node, base, startedAt, result.input, result.outputs);
+        await this.endEvent(node, run, startedAt, result.input, result.outputs);
         return { handle: result.handle };
     }
   }
 
-  private handle(node: WorkflowNode, base: Base): Promise<NodeResult> {
-    switch (node.type) {
-      case 'start': return this.startNode(node.data, base);
-      case 'input': return Promise.resolve(this.inputNode(node.data, base));
-      case 'llm': return this.llmNode(node.data, base);
-      case 'condition': return Promise.resolve(this.conditionNode(node.data));
-      case 'tool': return this.toolNode(node.data);
-      case 'code': return this.codeNode(node.data);
-      case 'output': return this.outputNode(node.data, base);
-      case 'end': return Promise.resolve({ kind: 'done', input: {}, outputs: {} });
-    }
-  }
-
-  private get variables(): Variables {
-    return this.state.variables;
-  }
-
-  private async startNode(data: NodeDataOf['start'], base: Base): Promise<NodeResult> {
-    if (data.guide_word) await this.emit('guide_word', 'over', { ...base, guide_word: data.guide_word });
-    if (data.guide_questions?.length) await this.emit('guide_question', 'over', { ...base, guide_question: data.guide_questions });
-    const declared = data.variables ?? {};
-    const given = Object.fromEntries(Object.entries(this.inputs).filter(([k]) => Object.hasOwn(declared, k)));
+  private get env(): NodeEnv {
     return {
-      kind: 'done', input: given,
-      outputs: { ...declared, ...given, current_time: new Date(this.now()).toISOString(), chat_id: this.ctx.chatId ?? '' },
+      ctx: this.ctx, variables: this.state.variables, inputs: this.inputs, sandbox: this.sandbox, now: this.now,
+      emit: (body) => this.emit(body), addUsage: (u) => this.addUsage(u),
     };
-  }
-
-  private inputNode(data: NodeDataOf['input'], base: Base): NodeResult {
-    const prompt = data.prompt ? render(data.prompt, this.variables) : '';
-    const schema: AnswerSchema = data.mode === 'form'
-      ? { kind: 'form', input_schema: formSchema(data.fields ?? []) }
-      : { kind: 'dialog', input_schema: dialogSchema(prompt) };
-    return { kind: 'wait', schema, category: 'input', message: { ...base, msg: prompt, input_schema: schema.input_schema }, outputs: {} };
-  }
-
-  private async llmNode(data: NodeDataOf['llm'], base: Base): Promise<NodeResult> {
-    const { ctx } = this;
-    const defaults = ctx.defaultModel;
-    const providerName = data.model?.provider ?? defaults.provider;
-    const sameProvider = providerName === defaults.provider;
-    const model = data.model?.name ?? (sameProvider ? defaults.name : undefined);
-    const system = data.system_prompt ? render(data.system_prompt, this.variables) : '';
-    const prompt = render(data.prompt, this.variables);
-    let provider: LlmProvider | undefined;
-    try {
-      provider = ctx.providers.get(providerName);
-    } catch {
-      provider = undefined;
-    }
-    if (!provider) throw new AppError('workflow_node_invalid', `model provider "${providerName}" is not configured`);
-
-    const outputKey = data.output_key ?? DEFAULT_OUTPUT_KEY;
-    const streamed = data.stream !== false;
-    const messages: LlmMessage[] = [...(system ? [{ role: 'system' as const, content: system }] : []), { role: 'user', content: prompt }];
-    let text = '';
-    let reasoning = '';
-    // a frame's emit may be async: they go out one after another, in chunk order
-    let emitted = Promise.resolve();
-    try {
-      await provider.stream({
-        messages, model, temperature: data.model?.temperature ?? defaults.temperature, maxTokens: data.model?.max_tokens ?? defaults.max_tokens, signal: ctx.signal,
-      }, (chunk) => {
-        if (chunk.type === 'finish') this.addUsage(chunk.usage);
-        if (chunk.type !== 'text' && chunk.type !== 'reasoning') return;
-        if (chunk.type === 'text') text += chunk.text;
-        else reasoning += chunk.text;
-        if (streamed) {
-          const message = { ...base, msg: chunk.type === 'text' ? chunk.text : '', reasoning_content: chunk.type === 'reasoning' ? chunk.text : '', output_key: outputKey };
-          emitted = emitted.then(() => this.emit('stream_msg', 'stream', message).then(() => undefined));
-        }
-      });
-    } catch (err) {
-      if (!ctx.signal.aborted) throw err;
-    } finally {
-      await emitted;
-    }
-    const full = { ...base, msg: text, reasoning_content: reasoning, output_key: outputKey };
-    if (ctx.signal.aborted) {
-      // the partial answer is kept, as a stopped chat answer is
-      if (text || reasoning) await this.emit('stream_msg', 'end', { ...full, interrupted: true });
-      return { kind: 'stopped' };
-    }
-    await this.emit('stream_msg', 'end', full);
-    return {
-      kind: 'done',
-      input: { ...(system && { system_prompt: system }), prompt, model: { provider: providerName, name: model ?? null } },
-      outputs: { [outputKey]: text },
-    };
-  }
-
-  private conditionNode(data: NodeDataOf['condition']): NodeResult {
-    const cases: JsonValue[] = [];
-    let branch = ELSE_HANDLE;
-    for (const kase of data.cases) {
-      const { op } = kase.when;
-      const left = resolve(kase.when.left, this.variables);
-      const right = UNARY_OPS.includes(op) ? null : resolve(kase.when.right, this.variables);
-      const matched = compare(kase.id, left, op, right);
-      cases.push({ id: kase.id, left, op, right, matched });
-      if (matched) {
-        branch = kase.id;
-        break;
-      }
-    }
-    return { kind: 'done', input: { cases }, outputs: { branch }, handle: branch };
-  }
-
-  private async toolNode(data: NodeDataOf['tool']): Promise<NodeResult> {
-    const tool = this.ctx.tools.get(data.tool);
-    if (!tool) throw new AppError('workflow_node_invalid', `unknown tool "${data.tool}"`);
-    const args = resolve(data.args ?? {}, this.variables) as Record<string, JsonValue>;
-    const output = await tool.run(args, this.ctx.signal);
-    if (this.ctx.signal.aborted) return { kind: 'stopped' };
-    return { kind: 'done', input: { tool: data.tool, args }, outputs: { output } };
-  }
-
-  private async codeNode(data: NodeDataOf['code']): Promise<NodeResult> {
-    const inputs = resolve(data.inputs ?? {}, this.variables) as Record<string, JsonValue>;
-    const timeoutMs = Math.min(data.timeout_ms ?? CODE_TIMEOUT_DEFAULT_MS, CODE_TIMEOUT_MAX_MS);
-    let value: JsonValue;
-    try {
-      value = await (this.sandbox ?? sharedSandbox()).run(data.code, inputs, { timeoutMs, signal: this.ctx.signal });
-    } catch (err) {
-      if (err instanceof SandboxError && err.reason === 'stopped') return { kind: 'stopped' };
-      throw err;
-    }
-    return { kind: 'done', input: { inputs }, outputs: isRecord(value) ? value : { result: value } };
-  }
-
-  private async outputNode(data: NodeDataOf['output'], base: Base): Promise<NodeResult> {
-    const message = render(data.message, this.variables);
-    const shown = { ...base, msg: message, output_key: '' };
-    if (data.options?.length) {
-      const options = data.options.map((o) => render(o, this.variables));
-      return { kind: 'wait', schema: { kind: 'choose', options }, category: 'output_with_choose_msg', message: { ...shown, key: 'output_result', options }, outputs: { message } };
-    }
-    if (data.editable) {
-      return { kind: 'wait', schema: { kind: 'edit', input_msg: message }, category: 'output_with_input_msg', message: { ...shown, key: 'output_result', input_msg: message }, outputs: { message } };
-    }
-    await this.emit('output_msg', 'over', shown);
-    return { kind: 'done', input: { message }, outputs: { message } };
   }
 
   private addUsage(u: LlmUsage): void {
     const t = this.state.usage;
     this.state.usage = { prompt_tokens: t.prompt_tokens + u.prompt_tokens, completion_tokens: t.completion_tokens + u.completion_tokens, total_tokens: t.total_tokens + u.total_tokens };
-  }
-}
-
-/** Maps what a node threw to the workflow codes, naming the node; unknown errors keep their cause for the log only. */
-function toWorkflowError(err: unknown, node: { id: string; type: NodeType; data: object }): AppError {
-  const name = nodeName(node);
-  const where = { node_id: node.id, node_name: name };
-  const wrap = (code: ErrorCode, message: string, data?: unknown) =>
-    new AppError(code, `node "${name}": ${message}`, { data: { ...where, ...(isRecord(data) ? data : {}) }, cause: err });
-  if (err instanceof SandboxError) return wrap(err.reason === 'syntax' ? 'workflow_node_invalid' : 'workflow_failed', err.message, { reason: err.reason });
-  if (err instanceof AppError) {
-    if (err.code === 'workflow_max_steps' || err.code === 'workflow_node_invalid' || err.code === 'workflow_failed' || err.code === 'workflow_input_timeout') {
-      return wrap(err.code, err.message, err.data);
-    }
-    // a tool that refused its arguments was given bad parameters
-    if (err.code === 'invalid_request') return wrap('workflow_node_invalid', err.message, err.data);
-    return wrap('workflow_failed', err.message, { cause_code: err.code });
-  }
-  return wrap('workflow_failed', `the ${node.type} node failed`);
-}
-
-const NUMERIC = /^\s*-?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?\s*$/i;
-
-function asNumber(v: JsonValue): number | null {
-  if (typeof v === 'number') return v;
-  if (typeof v === 'string' && NUMERIC.test(v)) return Number(v);
-  return null;
-}
-
-function isEmpty(v: JsonValue): boolean {
-  if (v === null) return true;
-  if (typeof v === 'string') return v.trim() === '';
-  if (Array.isArray(v)) return v.length === 0;
-  if (typeof v === 'object') return Object.keys(v).length === 0;
-  return false;
-}
-
-/** Equal as numbers when both read as numbers, else as text (`"2"` eq 2, `"yes"` eq "yes"). */
-function same(a: JsonValue, b: JsonValue): boolean {
-  const x = asNumber(a);
-  const y = asNumber(b);
-  if (x !== null && y !== null) return x === y;
-  return toText(a) === toText(b);
-}
-
-function compare(caseId: string, left: JsonValue, op: ConditionOp, right: JsonValue): boolean {
-  switch (op) {
-    case 'eq': return same(left, right);
-    case 'ne': return !same(left, right);
-    case 'contains': return Array.isArray(left) ? left.some((x) => same(x, right)) : toText(left).includes(toText(right));
-    case 'not_contains': return !compare(caseId, left, 'contains', right);
-    case 'empty': return isEmpty(left);
-    case 'not_empty': return !isEmpty(left);
-    default: {
-      const x = asNumber(left);
-      const y = asNumber(right);
-      if (x === null || y === null) {
-        throw new AppError('workflow_node_invalid', `case "${caseId}": ${op} compares numbers, got ${JSON.stringify(x === null ? left : right)}`);
-      }
-      return op === 'gt' ? x > y : op === 'gte' ? x >= y : op === 'lt' ? x < y : x <= y;
-    }
   }
 }

@@ -2,8 +2,9 @@
  * Static checks of a workflow graph (the format is in workflow-graph.ts), run before it is
  * published or run. Every problem is reported at once, so an editor can fix them all in one pass.
  */
+import { isRecord } from '../../domain/types.ts';
 import {
-  CODE_TIMEOUT_MAX_MS, CONDITION_OPS, ELSE_HANDLE, FIELD_TYPES, KEY_PATTERN, NODE_TYPES, UNARY_OPS, isRecord, outputKeys, type NodeType,
+  CODE_TIMEOUT_MAX_MS, CONDITION_OPS, ELSE_HANDLE, FIELD_TYPES, KEY_PATTERN, NODE_TYPES, UNARY_OPS, outputKeys, type NodeType,
 } from './workflow-graph.ts';
 import { references, stringsIn, type Reference } from './template.ts';
 

@@ -4,36 +4,9 @@
  * checked against exactly what the user was shown.
  */
 import { AppError, type FieldError } from '../../domain/errors.ts';
-import { isRecord, type FormField, type JsonValue } from './workflow-graph.ts';
-
-/** `dialog`/`form`: an input node; `choose`/`edit`: an output node that asks (answer key `output_result`). */
-export type InputKind = 'dialog' | 'form' | 'choose' | 'edit';
-
-/** One item of Bisheng's `input_schema.value`; `value` is the label (Bisheng words it so). */
-export type InputItem = {
-  key: string;
-  type: 'text' | 'number' | 'select' | 'file' | 'dialog';
-  label: string;
-  value: string;
-  required: boolean;
-  multiple: boolean;
-  options: string[];
-};
-
-/** Bisheng's `input_schema`. Type aliases, not interfaces, so they count as JSON values. */
-export type InputSchema = {
-  input_type: 'dialog_input' | 'form_input';
-  /** Bisheng's name for input_type */
-  tab: 'dialog_input' | 'form_input';
-  value: InputItem[];
-};
-
-/** What an answer is checked against. */
-export type AnswerSchema =
-  | { kind: 'dialog'; input_schema: InputSchema }
-  | { kind: 'form'; input_schema: InputSchema }
-  | { kind: 'choose'; options: string[] }
-  | { kind: 'edit'; input_msg: string };
+import { isRecord, type JsonValue } from '../../domain/types.ts';
+import type { AnswerSchema, InputItem, InputSchema } from '../../domain/workflow.ts';
+import type { FormField } from './workflow-graph.ts';
 
 export function dialogSchema(prompt: string): InputSchema {
   return {

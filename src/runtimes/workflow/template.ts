@@ -3,7 +3,7 @@
  * optional path into the value (`{{code1.result.items.0}}`). See workflow-graph.ts for the rules.
  */
 import { AppError } from '../../domain/errors.ts';
-import { isRecord, type JsonValue } from './workflow-graph.ts';
+import { isRecord, type JsonValue } from '../../domain/types.ts';
 
 /** The variables of a run: per node id, the values it left behind. */
 export type Variables = Record<string, Record<string, JsonValue>>;

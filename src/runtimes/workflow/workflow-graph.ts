@@ -29,7 +29,7 @@
  * operands) keeps its JSON type. A reference to a variable that does not exist when the node runs is
  * an error (10531).
  */
-import type { WorkflowGraph } from '../../domain/types.ts';
+import { isRecord, type JsonValue, type WorkflowGraph } from '../../domain/types.ts';
 
 export const NODE_TYPES = ['start', 'input', 'llm', 'condition', 'tool', 'code', 'output', 'end'] as const;
 export type NodeType = (typeof NODE_TYPES)[number];
@@ -49,7 +49,6 @@ export const DEFAULT_OUTPUT_KEY = 'output';
 export const CODE_TIMEOUT_DEFAULT_MS = 1000;
 export const CODE_TIMEOUT_MAX_MS = 5000;
 
-export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
 
 interface CommonData {
   name?: string;
@@ -162,7 +161,6 @@ export function outputKeys(type: NodeType, data: Record<string, unknown>): Set<s
   }
 }
 
-export const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 export type { WorkflowGraph };
 

@@ -1,9 +1,12 @@
+import { workflowMessage } from '../domain/bisheng-messages.ts';
 import { ERROR_TABLE, type AppError } from '../domain/errors.ts';
 import type { ChatEvent, ChatEventBody } from '../domain/events.ts';
 
 /**
- * Bisheng's message schema (PROTOCOL.md §3.2): every frame carries every field. `files` and
- * `extra` are JSON-encoded strings, a tool frame's `message` too (its web client depends on that).
+ * The Bisheng frame codec, for the transports that speak it (WebSocket, native SSE): chat events
+ * as Bisheng's message schema frames them (PROTOCOL.md §3.2). Every frame carries every field.
+ * `files` and `extra` are JSON-encoded strings, a tool frame's `message` too (its web client
+ * depends on that).
  */
 export interface BishengFrame {
   is_bot: number;
@@ -65,11 +68,10 @@ function shape(body: ChatEventBody): BishengFrame {
       if (body.extra) f.extra = JSON.stringify(body.extra);
       return f;
     }
-    case 'frame': {
-      const f = blank(body.category, body.type, body.message);
-      f.message_id = body.messageId ?? null;
-      if (body.files) f.files = JSON.stringify(body.files);
-      if (body.extra) f.extra = JSON.stringify(body.extra);
+    default: {
+      const { category, type, message } = workflowMessage(body);
+      const f = blank(category, type, message);
+      if ('messageId' in body) f.message_id = body.messageId ?? null;
       return f;
     }
   }

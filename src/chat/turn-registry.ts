@@ -1,0 +1,184 @@
+import { randomUUID } from 'node:crypto';
+import type { Bus } from '../bus/bus.ts';
+import { AppError, toAppError } from '../domain/errors.ts';
+import type { ChatEventBody } from '../domain/events.ts';
+import type { TurnSeqs } from './turn-seqs.ts';
+
+/** A started turn, as its caller learns it. */
+export interface TurnStarted {
+  key: string;
+  turnId: string;
+  /** the seq before the turn's first event: replaying after it yields the whole turn */
+  fromSeq: number;
+  /** a repeated client_message_id: this is the earlier turn */
+  duplicate: boolean;
+}
+
+/** Whose events a turn's are (and whose message rows). */
+export interface TurnIds {
+  /** null: an unstored turn (debug mode, a stateless API call) */
+  chatId: string | null;
+  flowId: string;
+  userId: number;
+}
+
+export type TurnEmit = (body: ChatEventBody) => void;
+/** What a turn does between begin and close; what it returns goes into the close's `extra`. */
+export type TurnWork = (emit: TurnEmit) => Promise<Record<string, unknown> | void>;
+
+/** What a prepared turn runs: whose it is, where its seqs start (known now, or once the question is stored) and its work. */
+export interface TurnPlan {
+  ids: TurnIds;
+  floor: number | Promise<number>;
+  work: TurnWork;
+}
+
+/** A turn between `begin` and its end, as its preparation and its work see it. */
+export interface Turn {
+  readonly key: string;
+  readonly turnId: string;
+  /** aborted by stop, shutdown, or a disconnect where the turn must not outlive its client */
+  readonly signal: AbortSignal;
+}
+
+interface RunningTurn extends Turn {
+  controller: AbortController;
+  done: Promise<void>;
+}
+
+/**
+ * The turns running in this process, one per conversation (bus key), and the life cycle every turn
+ * shares: begin, the work, an error if it threw, close, release. Stop requests for turns that run
+ * elsewhere travel on the bus.
+ */
+export class TurnRegistry {
+  private readonly running = new Map<string, RunningTurn>();
+  private readonly unsubscribeControl: () => void;
+  private closing = false;
+
+  constructor(private readonly deps: {
+    bus: Bus;
+    seqs: TurnSeqs;
+    /** chat.replay_ttl, seconds */
+    replayTtl: number;
+    log?: { error(obj: object, msg: string): void } | undefined;
+  }) {
+    this.unsubscribeControl = deps.bus.onControl((m) => {
+      if (m.type === 'stop') this.running.get(m.key)?.controller.abort();
+    });
+  }
+
+  isRunning(key: string): boolean {
+    return this.running.has(key);
+  }
+
+  /** 10503 once the server shuts down: no new turn starts. */
+  assertOpen(): void {
+    if (this.closing) throw new AppError('busy', 'server shutting down');
+  }
+
+  /**
+   * Begins a turn of `key`: 10409 while one runs. The key is taken before anything is awaited, so two
+   * frames can never both take it. `prepare` checks and stores what must come first and plans the
+   * work; if it throws, or plans nothing (null), the key is free again. The work starts in a
+   * microtask: callers subscribe (held) before they begin, so nothing waits for the event loop to
+   * come round. With a floor still to come (the question being stored) the work runs at once and
+   * its events wait for it; a floor that fails ends the turn with nothing published, and rejects.
+   */
+  async begin(key: string, prepare: (turn: Turn) => Promise<TurnPlan | null>): Promise<TurnStarted | null> {
+    if (this.running.has(key)) throw new AppError('conflict');
+    const controller = new AbortController();
+    const turn: RunningTurn = { key, turnId: randomUUID().replaceAll('-', ''), signal: controller.signal, controller, done: Promise.resolve() };
+    this.running.set(key, turn);
+    let plan: TurnPlan | null;
+    try {
+      plan = await prepare(turn);
+    } catch (err) {
+      this.running.delete(key);
+      throw err;
+    }
+    if (!plan) {
+      this.running.delete(key);
+      return null;
+    }
+    const run = plan;
+    turn.done = Promise.resolve().then(() => this.drive(turn, run));
+    try {
+      return { key, turnId: turn.turnId, fromSeq: await run.floor, duplicate: false };
+    } catch (err) {
+      // nothing of the turn was published; it ends (and frees the conversation) once its work has stopped
+      controller.abort();
+      throw err;
+    }
+  }
+
+  /** Stops the turn of `key` if it runs here, and waits until it ended. @returns whether it ran here */
+  async stopLocal(key: string): Promise<boolean> {
+    const turn = this.running.get(key);
+    if (!turn) return false;
+    turn.controller.abort();
+    await turn.done;
+    return true;
+  }
+
+  /** Asks whichever instance runs the turn of `key` to stop it. */
+  stopElsewhere(key: string): void {
+    this.deps.bus.sendControl({ type: 'stop', key });
+  }
+
+  /** Resolves once the turn of `key` (if one runs) has ended. */
+  async settled(key: string): Promise<void> {
+    await this.running.get(key)?.done;
+  }
+
+  /** Stops accepting turns, stops the running ones (their partial answers are stored) and waits for them. */
+  async shutdown(): Promise<void> {
+    this.closing = true;
+    const turns = [...this.running.values()];
+    for (const t of turns) t.controller.abort();
+    await Promise.allSettled(turns.map((t) => t.done));
+    this.unsubscribeControl();
+  }
+
+  /** begin, the work, an error if it threw, close; then the seqs are settled and the key released. */
+  private async drive(turn: RunningTurn, plan: TurnPlan): Promise<void> {
+    const { bus, seqs } = this.deps;
+    const { ids, floor, work } = plan;
+    let seq = typeof floor === 'number' ? floor : 0;
+    let held: ChatEventBody[] | null = typeof floor === 'number' ? null : [];
+    const publish = (body: ChatEventBody) => {
+      bus.publish({ seq: ++seq, key: turn.key, chatId: ids.chatId ?? '', turnId: turn.turnId, flowId: ids.flowId, userId: ids.userId, body });
+    };
+    const emit: TurnEmit = (body) => {
+      if (held) held.push(body);
+      else publish(body);
+    };
+    const known = Promise.resolve(floor).then((fromSeq) => {
+      if (held) {
+        seq = fromSeq;
+        const early = held;
+        held = null;
+        for (const body of early) publish(body);
+      }
+      return fromSeq;
+    });
+    known.catch(() => undefined);
+    let extra: Record<string, unknown> | void = undefined;
+    emit({ kind: 'begin' });
+    try {
+      extra = await work(emit);
+    } catch (err) {
+      const e = toAppError(err);
+      if (e.code === 'internal' && !(err instanceof AppError)) this.deps.log?.error({ err, chat_id: ids.chatId, turn_id: turn.turnId }, 'turn failed');
+      emit({ kind: 'error', code: e.code, message: e.message });
+    } finally {
+      const fromSeq = await known.catch(() => null);
+      if (fromSeq !== null) emit(extra ? { kind: 'close', extra } : { kind: 'close' });
+      this.running.delete(turn.key);
+      if (fromSeq !== null) {
+        bus.endTurn(turn.key, this.deps.replayTtl);
+        await seqs.settle(turn.key, ids.chatId, fromSeq, seq).catch(() => undefined);
+      }
+    }
+  }
+}

@@ -30,13 +30,10 @@ function load(): Config {
 }
 
 /**
- * V8 lets the old generation grow to several times what survived its last full collection before it
- * collects again. A chat server's turn state lives about a second — long enough to be promoted, soon
- * garbage after — so the heap fills with dead turns: RSS peaks of 220–275 MiB at 100 streams, of which
- * ~40 MiB are live. A growing factor of 2 collects sooner (concurrently, off the main thread): peaks
- * of ~192 MiB, and no CPU difference we could measure (interleaved runs, ±5 %). V8 reads the flag at
- * every collection, so it applies from here on; a `--heap-growing-percent` given to node (or in
- * NODE_OPTIONS) wins.
+ * V8 lets the old generation grow to several times what survived its last full collection; a chat
+ * server's turn state lives about a second, so the heap would fill with dead turns. A growing factor
+ * of 2 collects them sooner (docs/decisions.md). V8 reads the flag at every collection, so it applies
+ * from here on; a `--heap-growing-percent` given to node (or in NODE_OPTIONS) wins.
  */
 function boundHeapGrowth(): void {
   const given = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)].some((a) => a.startsWith('--heap-growing-percent'));

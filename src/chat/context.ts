@@ -20,10 +20,9 @@ export function questionText(message: string): string {
  * The model context of a conversation: its last `window` messages, read in as few rows as will do.
  * `read(limit)` gives the newest `limit` rows, oldest first.
  *
- * A row read costs ~3.5 µs (measured with ~1 KB answers: 110 rows, the old fixed read, took ~350 µs,
- * more than the rest of a turn's statements together), and a plain conversation needs about one row
- * per message: window + 10 rows are read first. Only where those render fewer than `window` messages (tool exchanges,
- * regenerated or blocked answers, interrupted ones) are window × 2 + 10 read, as before. The short
+ * Rows are what a turn's reads cost (docs/decisions.md), and a plain conversation needs about one row
+ * per message: window + 10 rows are read first. Only where those render fewer than `window` messages
+ * (tool exchanges, regenerated or blocked answers, interrupted ones) are window × 2 + 10 read. The short
  * read is cut to whole turns (from its first question): turns render independently of each other,
  * so when its turns already give `window` messages, the last `window` are exactly those of the
  * longer read.

@@ -106,8 +106,7 @@ export async function turnOpenAt(bus: Bus, key: string, seq: number): Promise<bo
  * The events of one turn, handed to a callback as they are published, through the turn's `close` —
  * for transports that encode a turn at a time (OpenAI, Astron). Built on EventWatch: subscribe
  * before the turn starts (`hold`), then `start(fromSeq)` once the chat core said where it starts.
- * The callback runs synchronously in the publish (no promise per event: at 100 streams that was a
- * tenth of an SSE stream's CPU per token).
+ * The callback runs synchronously in the publish: no promise per event (docs/decisions.md).
  */
 export class TurnEvents {
   private readonly watch: EventWatch;

@@ -50,7 +50,7 @@ export interface LlmProvider {
   readonly name: string;
   /**
    * Streams one model call: every chunk goes to `onChunk` as it arrives, in order, synchronously
-   * (no promise per chunk: at 100 streams that was a sixth of the gateway's CPU per token); the
+   * (no promise per chunk, docs/decisions.md); the
    * promise settles when the call has ended. Failures reject as AppError: `upstream_error` (10502)
    * for upstream 4xx/5xx and malformed streams, `upstream_timeout` (10504) for timeouts and stalls.
    * An abort through `signal` ends the call quietly (nothing more is delivered) or with an

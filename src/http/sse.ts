@@ -23,8 +23,7 @@ export const dataEvent = (data: string): string => `data: ${data}\n\n`;
  *
  * Events go straight to the raw response (the reply is hijacked when it opens, with the headers the
  * hooks set on it, the request id among them; the response hooks and the request log still run):
- * a stream handed to `reply.send()` costs a pipe and a Buffer per event, a third of a loaded
- * gateway's work per token.
+ * a stream handed to `reply.send()` costs a pipe and a Buffer per event (docs/decisions.md).
  */
 export class SseStream {
   private isOpen = false;

@@ -4,10 +4,8 @@
  * executing them, so the call ends at the tool calls and the runtime runs them.
  *
  * HTTP is node:http(s) with a keep-alive agent, the event stream is read with `eventsource-parser`
- * (openai-stream.ts). This used to be the AI SDK (`@ai-sdk/openai-compatible`, its model's
- * `doStream`), which cost ~45 µs of CPU per token at 100 concurrent streams — half of all the
- * gateway's work: fetch's web streams, four TransformStreams and a zod validation per chunk. Read
- * straight off the socket, a token costs a few µs (bench/RESULTS.md).
+ * (openai-stream.ts): read straight off the socket, a token costs a few µs of CPU, where an SDK's
+ * web streams cost several times that (docs/decisions.md).
  *
  * This is also where deltas are coalesced: everything one socket read brought (several tokens when
  * the server is busy) becomes one chunk, so one event and one frame per watcher — below one write per

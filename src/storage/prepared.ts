@@ -10,7 +10,7 @@ const direct = new WeakMap<object, DirectExecute>();
 
 /**
  * Lets prepared queries on `db` skip Kysely's executor (acquiring and releasing a connection, the
- * plugin steps: ~5 µs and several promise hops a query, about what SQLite takes for a small one).
+ * plugin steps: about what SQLite takes to run a small query).
  * The SQLite database registers its driver's own execution; PostgreSQL's queries go through Kysely.
  * Only for a Kysely instance without plugins: their result transforms would be skipped.
  */
@@ -24,9 +24,8 @@ class Arg {
 }
 
 /**
- * A hot query built and compiled by Kysely once, then run with new arguments. Building and
- * compiling cost ~25 µs a query under load — more than SQLite takes to run most of the chat path's —
- * so the statements every turn runs are prepared this way.
+ * A hot query built and compiled by Kysely once, then run with new arguments: building and
+ * compiling cost more than SQLite takes to run most of the chat path's statements (docs/decisions.md).
  *
  * `build` gets `$`: `$(i)` stands for argument i wherever a value goes (a where operand, an
  * inserted value, a limit). The query's shape must not depend on the arguments: no lists (`in`),

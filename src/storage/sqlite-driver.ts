@@ -3,8 +3,8 @@ import { SqliteDialect, type CompiledQuery, type DatabaseConnection, type Driver
 
 /**
  * Kysely's SQLite dialect with group commit. SQLite's cost per write is mostly its commit (the WAL
- * append and the file locks: ~20 µs on an idle machine, more under load), so a chat turn's four
- * small writes (question, seq reservation, answer, seq settle) cost more in commits than in work.
+ * append and the file locks), so a chat turn's four small writes (question, seq reservation, answer,
+ * seq settle) cost more in commits than in work.
  *
  * Here a write outside a transaction joins one implicit transaction that commits once the event
  * loop comes round (setImmediate): all the writes of one loop iteration — under load, those of many
@@ -14,11 +14,8 @@ import { SqliteDialect, type CompiledQuery, type DatabaseConnection, type Driver
  * error. An explicit transaction (Kysely's `transaction()`) first commits the open group, then runs
  * alone: other queries wait until it has ended.
  *
- * Why the writes stay on the event loop's thread: a writer thread (a worker with its own connection,
- * writes and their group commit there, reads here) was measured on the 2-core bench machine and made
- * things worse — CPU per 1k tokens at 100 streams 40 → 51–57 ms, added TTFT up, not down. The
- * cores are already shared with the model and the clients, every write became two messages and two
- * thread wake-ups, and this connection's page cache is dropped whenever another connection commits.
+ * The writes stay on the event loop's thread: a writer thread was measured and made CPU and TTFT
+ * worse (docs/decisions.md).
  */
 export class GroupCommitSqliteDialect extends SqliteDialect {
   private readonly statements: CachingSqliteDatabase;

@@ -18,9 +18,8 @@ function release(): void {
  * Holds what is written to `target` until the event loop comes round (setImmediate), then sends it
  * — everything written to it in this iteration in one syscall, and every held connection back to
  * back. Under load a gateway writes a frame to many sockets of the same peers per iteration; a write
- * that wakes a sleeping reader costs the kernel several times one that finds it awake, so writing
- * them together costs ~15 % less CPU per token at 100 streams (bench/RESULTS.md). The delay is the
- * rest of the current iteration: nothing waits for a timer.
+ * that wakes a sleeping reader costs the kernel several times one that finds it awake
+ * (docs/decisions.md). The delay is the rest of the current iteration: nothing waits for a timer.
  */
 export function holdWrites(target: Corkable): void {
   if (held.has(target)) return;

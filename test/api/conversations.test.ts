@@ -3,12 +3,12 @@ import { newId } from '../../src/domain/types.ts';
 import type { AppRow } from '../../src/storage/tables.ts';
 import { Api, adminAndUser, dbTargets, startServer, type ApiResponse, type TestServer } from '../helpers/server.ts';
 import { demoApp, seedConversation } from '../helpers/seed.ts';
+import { sleep } from '../helpers/wait.ts';
 
 const expectError = (r: ApiResponse, http: number, code: number) => {
   expect(r.status, JSON.stringify(r.body)).toBe(http);
   expect(r.body.status_code).toBe(code);
 };
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe.each(dbTargets())('conversations and messages on $name', (target) => {
   let server: TestServer;
@@ -115,7 +115,7 @@ describe.each(dbTargets())('conversations and messages on $name', (target) => {
       ({ user: alice, userId: aliceId } = await adminAndUser(server, 'lister'));
       const assistantApp = await demoApp(server, 'assistant');
       chat = (await seedConversation(server, { userId: aliceId, app, name: 'Quarterly numbers' })).conversation.chat_id;
-      await sleep(5);
+      await sleep(5); // rows stamped a moment apart: the list is newest first
       assistant = (await seedConversation(server, { userId: aliceId, app: assistantApp, name: 'Travel plans' })).conversation.chat_id;
       await sleep(5);
       // an input request after the answer must not become latest_message

@@ -3,7 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { loadConfig, type Config, type DeepPartial } from '../../src/config/config.ts';
+import type { Clock } from '../../src/domain/clock.ts';
 import { createServer, listen, type ServerHandle } from '../../src/server.ts';
+import type { MockLlm } from '../fixtures/mock-llm.ts';
 
 export const ADMIN_PASSWORD = 'admin-pass-123';
 
@@ -70,8 +72,11 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-/** Starts a real Parley server on a free loopback port, built exactly as production builds it. */
-export async function startServer(target: DbTarget = { name: 'sqlite' }, overrides: DeepPartial<Config> = {}): Promise<TestServer> {
+/**
+ * Starts a real Parley server on a free loopback port, built exactly as production builds it.
+ * @param opts.clock the time its core reads (a ManualClock moves it without sleeping)
+ */
+export async function startServer(target: DbTarget = { name: 'sqlite' }, overrides: DeepPartial<Config> = {}, opts: { clock?: Clock } = {}): Promise<TestServer> {
   const dataDir = mkdtempSync(join(tmpdir(), 'parley-test-'));
   const pgDb = target.name === 'postgres' ? await createPgDatabase() : null;
   const { config } = loadConfig({
@@ -84,7 +89,7 @@ export async function startServer(target: DbTarget = { name: 'sqlite' }, overrid
       log: { level: 'silent', ...overrides.log },
     },
   });
-  const handle = await createServer(config);
+  const handle = await createServer(config, opts);
   const url = await listen(handle);
   const server: TestServer = {
     url,
@@ -93,7 +98,7 @@ export async function startServer(target: DbTarget = { name: 'sqlite' }, overrid
     dataDir,
     async restart() {
       await server.handle.close();
-      server.handle = await createServer(config);
+      server.handle = await createServer(config, opts);
       server.url = await listen(server.handle);
     },
     async close() {
@@ -103,6 +108,32 @@ export async function startServer(target: DbTarget = { name: 'sqlite' }, overrid
     },
   };
   return server;
+}
+
+/**
+ * A server config whose provider `mock` is the mock model over HTTP; no retries, short timeouts
+ * (`extra.llm` may set others).
+ */
+export function mockConfig(mock: MockLlm, extra: DeepPartial<Config> = {}): DeepPartial<Config> {
+  return {
+    ...extra,
+    chat: { messages_per_minute: 1000, ...extra.chat },
+    llm: {
+      stall_timeout: 3, request_timeout: 10, max_retries: 0,
+      providers: { mock: { type: 'openai-compatible', base_url: mock.url, model: 'mock-gpt' } },
+      ...extra.llm,
+    },
+  };
+}
+
+/**
+ * Closes a test server. Node's fetch may leave a connection behind that never sent a request after a
+ * client aborted a stream; the server would wait for it (until its headers timeout), so it is cut first.
+ */
+export async function closeServer(server: TestServer | undefined): Promise<void> {
+  if (!server) return;
+  server.handle.app.server.closeAllConnections();
+  await server.close();
 }
 
 export interface ApiResponse<T = any> {
@@ -161,4 +192,11 @@ export async function adminAndUser(server: TestServer, userName = 'alice'): Prom
   const user = await new Api(server.url).login(userName, `${userName}-password`);
   r = await user.get('/api/v1/user/info');
   return { admin, user, userId: r.body.data.user_id };
+}
+
+/** Creates an API key for `api`'s user; returns the secret and the key id. */
+export async function createApiKey(api: Api, appIds?: string[]): Promise<{ key: string; id: number }> {
+  const r = await api.post('/api/v1/apikeys', { name: 'test key', ...(appIds ? { app_ids: appIds } : {}) });
+  if (r.status !== 200) throw new Error(`create api key: ${JSON.stringify(r.body)}`);
+  return { key: r.body.data.key as string, id: r.body.data.id as number };
 }

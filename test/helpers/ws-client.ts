@@ -87,6 +87,22 @@ export class WsClient {
     return rest.slice(0, rest.findIndex((x) => x.category === 'processing' && x.type === 'close') + 1);
   }
 
+  /**
+   * Waits until the server has handled every frame sent so far (it handles a socket's frames in
+   * order, so a ping sent now is answered after them; what they sent came before the pong), then
+   * drops the pong.
+   */
+  async settle(timeoutMs = 10_000): Promise<this> {
+    const pongs = () => this.frames.filter((f) => f.type === 'pong').length;
+    const n = pongs();
+    this.send({ action: 'ping' });
+    await this.until(() => pongs() > n, timeoutMs, 'pong');
+    const at = this.frames.findLastIndex((f) => f.type === 'pong');
+    this.frames.splice(at, 1);
+    this.raw.splice(at, 1);
+    return this;
+  }
+
   async waitClose(timeoutMs = 10_000): Promise<{ code: number | null; reason: string }> {
     await Promise.race([this.closed, new Promise((r) => setTimeout(r, timeoutMs))]);
     return { code: this.closeCode, reason: this.closeReason };

@@ -5,8 +5,8 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { MockLlm } from '../fixtures/mock-llm.ts';
 import { newChatId, publishedApp } from '../helpers/apps.ts';
-import { adminAndUser, startServer, type TestServer } from '../helpers/server.ts';
-import { closeServer, createApiKey, mockConfig, SseReader } from './support.ts';
+import { adminAndUser, closeServer, createApiKey, mockConfig, startServer, type TestServer } from '../helpers/server.ts';
+import { SseReader } from '../helpers/sse-client.ts';
 
 const PATH = '/agent/v1/chat/completions';
 

@@ -6,11 +6,11 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { MockLlm } from '../fixtures/mock-llm.ts';
 import { newChatId, publishedApp } from '../helpers/apps.ts';
 import type { Api} from '../helpers/server.ts';
-import { adminAndUser, startServer, type TestServer } from '../helpers/server.ts';
+import { adminAndUser, closeServer, mockConfig, startServer, type TestServer } from '../helpers/server.ts';
 import { WsClient } from '../helpers/ws-client.ts';
-import { closeServer, mockConfig, SseReader } from './support.ts';
+import { SseReader } from '../helpers/sse-client.ts';
+import { eventually } from '../helpers/wait.ts';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Frame {
   category: string;
@@ -188,8 +188,10 @@ describe('native SSE: POST /api/v1/chat/{app_id}/completions', () => {
     const r = await post({ inputs: { input: 'keep going' }, chat_id: chatId });
     await r.until((x) => frames(x).some((f) => f.type === 'stream'), 10_000, 'a stream frame');
     r.abort();
-    for (let i = 0; i < 200 && (await rows(chatId)).length < 2; i++) await sleep(25);
-    const stored = await rows(chatId);
+    const stored = await eventually(async () => {
+      const r = await rows(chatId);
+      return r.length >= 2 ? r : undefined;
+    }, 'the answer');
     expect(stored[1]).toMatchObject({ category: 'answer', message: ' tok'.repeat(20), remark: '' });
     expect(mock.aborted).toBe(0);
   });

@@ -5,14 +5,13 @@
 import OpenAI, { APIError, AuthenticationError, BadRequestError, InternalServerError, NotFoundError, RateLimitError } from 'openai';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { MockLlm, type MockStep } from '../fixtures/mock-llm.ts';
+import { eventually } from '../helpers/wait.ts';
 import { newChatId, publishedApp } from '../helpers/apps.ts';
 import { demoApp } from '../helpers/seed.ts';
 import type { Api} from '../helpers/server.ts';
-import { adminAndUser, startServer, type TestServer } from '../helpers/server.ts';
+import { adminAndUser, closeServer, createApiKey, mockConfig, startServer, type TestServer } from '../helpers/server.ts';
 import { WsClient } from '../helpers/ws-client.ts';
-import { closeServer, createApiKey, mockConfig } from './support.ts';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const TOOL_SCRIPT: MockStep[] = [
   { text: 'Let me compute.', toolCalls: [{ id: 'call_1', name: 'calculator', args: { expression: '6 * 7' } }] },
   { text: 'The answer is 42.' },
@@ -318,11 +317,10 @@ describe('OpenAI-compatible API with the official client', () => {
         if (n >= 3) break; // the client's `break` aborts the HTTP request
       }
       await mock.waitForAbort(5000);
-      let stored = await rows(chatId);
-      for (let i = 0; i < 200 && stored.length < 2; i++) {
-        await sleep(25);
-        stored = await rows(chatId);
-      }
+      const stored = await eventually(async () => {
+        const r = await rows(chatId);
+        return r.length >= 2 ? r : undefined;
+      }, 'the partial answer');
       expect(stored[1]).toMatchObject({ category: 'answer', remark: 'break_answer' });
       expect(stored[1]!.message.startsWith(' tok tok tok')).toBe(true);
       expect(stored[1]!.message.length).toBeLessThan(' tok'.repeat(200).length);
@@ -332,7 +330,7 @@ describe('OpenAI-compatible API with the official client', () => {
       mock.enqueue({ text: Array<string>(200).fill(' tok'), delayMs: 15 });
       const controller = new AbortController();
       const pending = client.chat.completions.create({ model: chatApp, messages: [{ role: 'user', content: 'long' }] }, { signal: controller.signal }).catch((e: unknown) => e);
-      while (mock.requests.length === 0) await sleep(10);
+      await eventually(() => (mock.requests.length > 0 ? true : undefined), 'the upstream request');
       controller.abort();
       await pending;
       await mock.waitForAbort(5000);

@@ -11,8 +11,8 @@ import { DEMO_APPS } from '../../src/apps/demo-apps.ts';
 import type { WorkflowGraph } from '../../src/domain/types.ts';
 import { MockLlm } from '../fixtures/mock-llm.ts';
 import { newChatId, publishedApp } from '../helpers/apps.ts';
-import { adminAndUser, startServer, type Api, type TestServer } from '../helpers/server.ts';
-import { closeServer, createApiKey, mockConfig, SseReader } from './support.ts';
+import { adminAndUser, closeServer, createApiKey, mockConfig, startServer, type Api, type TestServer } from '../helpers/server.ts';
+import { SseReader } from '../helpers/sse-client.ts';
 
 const demoGraph = (): WorkflowGraph => structuredClone(DEMO_APPS.find((a) => a.kind === 'workflow')!.spec.graph!);
 /** start → name (dialog) → greet (output) → end */

@@ -13,9 +13,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MockLlm } from '../fixtures/mock-llm.ts';
 import { publishedApp } from '../helpers/apps.ts';
 import { demoApp } from '../helpers/seed.ts';
-import { adminAndUser, startServer, type Api, type TestServer } from '../helpers/server.ts';
+import { adminAndUser, closeServer, createApiKey, mockConfig, startServer, type Api, type TestServer } from '../helpers/server.ts';
 import { WsClient } from '../helpers/ws-client.ts';
-import { closeServer, createApiKey, mockConfig } from '../sse/support.ts';
 
 const chatIdOf = (n: number) => n.toString(16).padStart(32, 'c');
 

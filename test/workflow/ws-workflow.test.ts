@@ -13,12 +13,11 @@ import type { WorkflowGraph } from '../../src/domain/types.ts';
 import { createServer, listen } from '../../src/server.ts';
 import { MockLlm } from '../fixtures/mock-llm.ts';
 import { newChatId, publishedApp } from '../helpers/apps.ts';
-import { Api, adminAndUser, dbTargets, startServer, type TestServer } from '../helpers/server.ts';
+import { ManualClock } from '../helpers/clock.ts';
+import { adminAndUser, Api, closeServer, dbTargets, mockConfig, startServer, type TestServer } from '../helpers/server.ts';
 import { kinds, WsClient, type Frame } from '../helpers/ws-client.ts';
-import { closeServer, mockConfig } from '../sse/support.ts';
 
 const BISHENG_FIELDS = ['is_bot', 'message', 'type', 'category', 'intermediate_steps', 'files', 'user_id', 'message_id', 'source', 'sender', 'receiver', 'liked', 'extra', 'flow_id', 'chat_id'];
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const extraOf = (f: Frame) => JSON.parse(f.extra) as Record<string, any>;
 const isClose = (f: Frame) => f.category === 'processing' && f.type === 'close';
 /** `category/type node_id` per frame; consecutive stream frames of one node shown once */
@@ -41,15 +40,6 @@ const chain = (...nodes: Node[]): WorkflowGraph => {
   const all = [node('start', 'start'), ...nodes, node('end', 'end')];
   return { nodes: all, edges: all.slice(1).map((n, i) => edge(all[i]!.id, n.id)) };
 };
-
-/** Waits until the server handles this socket's frames (a ping answered), so it watches its chat_id. */
-async function ready(ws: WsClient): Promise<WsClient> {
-  const n = ws.frames.filter((f) => f.type === 'pong').length;
-  ws.send({ action: 'ping' });
-  await ws.until((f) => f.filter((x) => x.type === 'pong').length > n, 5000, 'pong');
-  ws.frames.splice(ws.frames.findLastIndex((f) => f.type === 'pong'), 1);
-  return ws;
-}
 
 /** Every frame of a segment: all Bisheng fields, seq increasing, one turn_id, begin first and close last. */
 function expectSegment(frames: Frame[], chatId: string, appId: string): void {
@@ -88,7 +78,7 @@ describe('workflows over WebSocket (sqlite, mock model over HTTP)', () => {
   const connect = async (appId: string, chatId: string | null, api: Api = user) => {
     const ws = await WsClient.connect(server.url, `/api/v1/chat/${appId}${chatId ? `?chat_id=${chatId}` : ''}`, { token: api.token });
     sockets.push(ws);
-    return ready(ws);
+    return ws.settle();
   };
   /** Sends a frame and returns the frames of the segment it starts (through processing/close). */
   const segment = async (ws: WsClient, frame: Record<string, unknown>, timeoutMs = 10_000) => {
@@ -446,6 +436,7 @@ describe('workflows over WebSocket (sqlite, mock model over HTTP)', () => {
 });
 
 describe('workflow input timeout (workflow.input_timeout in minutes, fractions allowed)', () => {
+  const clock = new ManualClock();
   let mock: MockLlm;
   let server: TestServer;
   let user: Api;
@@ -454,7 +445,7 @@ describe('workflow input timeout (workflow.input_timeout in minutes, fractions a
 
   beforeAll(async () => {
     mock = await MockLlm.start();
-    server = await startServer({ name: 'sqlite' }, mockConfig(mock, { workflow: { input_timeout: 0.01 } }));
+    server = await startServer({ name: 'sqlite' }, mockConfig(mock, { workflow: { input_timeout: 0.01 } }), { clock });
     const both = await adminAndUser(server);
     user = both.user;
     app = await publishedApp(both.admin, { kind: 'workflow', provider: 'mock', graph: demoGraph() });
@@ -468,7 +459,7 @@ describe('workflow input timeout (workflow.input_timeout in minutes, fractions a
   const open = async (chatId: string) => {
     const ws = await WsClient.connect(server.url, `/api/v1/chat/${app}?chat_id=${chatId}`, { token: user.token });
     sockets.push(ws);
-    return ready(ws);
+    return ws.settle();
   };
   const segment = async (ws: WsClient, frame: Record<string, unknown>) => {
     const from = ws.frames.length;
@@ -482,9 +473,9 @@ describe('workflow input timeout (workflow.input_timeout in minutes, fractions a
     const first = await segment(ws, { action: 'init_data', chat_id: chatId, flow_id: app });
     const run = await server.handle.services.repos.workflowRuns.get(chatId);
     expect(run).toMatchObject({ status: 'input', node_id: 'ask' });
-    expect(Date.parse(run!.expires_at!) - Date.now()).toBeLessThanOrEqual(600);
+    expect(Date.parse(run!.expires_at!) - clock.now()).toBeLessThanOrEqual(600);
     expect(first.at(-1)!.category).toBe('processing');
-    await sleep(700);
+    clock.advance(601);
     const late = await segment(ws, { action: 'input', chat_id: chatId, data: { ask: { data: { topic: 'tea', length: 'short' } } } });
     expect(trace(late)).toEqual(['processing/begin', 'node_run/end ask', 'error/end', 'processing/close']);
     expect(late[1]!.message.reason).toContain('waited for input');
@@ -501,7 +492,7 @@ describe('workflow input timeout (workflow.input_timeout in minutes, fractions a
     const chatId = newChatId();
     const ws = await open(chatId);
     await segment(ws, { action: 'init_data', chat_id: chatId, flow_id: app });
-    await sleep(700);
+    clock.advance(601);
     const late = await segment(ws, { action: 'check_status', chat_id: chatId });
     expect(kinds(late)).toEqual(['processing/begin', 'error/end', 'processing/close']);
     expect(late[1]!.message).toMatchObject({ status_code: 10527 });
@@ -521,7 +512,7 @@ describe.each(dbTargets())('workflow durability on $name', (target) => {
   const connect = async (appId: string, chatId: string) => {
     const ws = await WsClient.connect(server.url, `/api/v1/chat/${appId}?chat_id=${chatId}`, { token: user.token });
     sockets.push(ws);
-    return ready(ws);
+    return ws.settle();
   };
   const segment = async (ws: WsClient, frame: Record<string, unknown>) => {
     const from = ws.frames.length;
@@ -585,7 +576,7 @@ describe.each(dbTargets())('workflow durability on $name', (target) => {
       const chatId = newChatId();
       const a = await connect(mockApp, chatId);
       await segment(a, { action: 'init_data', chat_id: chatId, flow_id: mockApp });
-      const b = await ready(await WsClient.connect(otherUrl, `/api/v1/chat/${mockApp}?chat_id=${chatId}`, { token: user.token }));
+      const b = await (await WsClient.connect(otherUrl, `/api/v1/chat/${mockApp}?chat_id=${chatId}`, { token: user.token })).settle();
       sockets.push(b);
       const frame = { action: 'input', chat_id: chatId, data: { ask: { data: { topic: 'tea', length: 'short' } } } };
       a.send(frame);

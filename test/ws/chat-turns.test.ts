@@ -6,11 +6,12 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
-import type { DeepPartial, Config } from '../../src/config/config.ts';
 import { createServer, listen } from '../../src/server.ts';
 import { MockLlm, type MockStep } from '../fixtures/mock-llm.ts';
 import { newChatId, publishedApp } from '../helpers/apps.ts';
-import { ADMIN_PASSWORD, Api, adminAndUser, dbTargets, startServer, type TestServer } from '../helpers/server.ts';
+import { ManualClock } from '../helpers/clock.ts';
+import { ADMIN_PASSWORD, Api, adminAndUser, dbTargets, mockConfig, startServer, type TestServer } from '../helpers/server.ts';
+import { eventually } from '../helpers/wait.ts';
 import { kinds, streamedText, WsClient, type Frame, closeAll } from '../helpers/ws-client.ts';
 
 const BISHENG_FIELDS = ['is_bot', 'message', 'type', 'category', 'intermediate_steps', 'files', 'user_id', 'message_id', 'source', 'sender', 'receiver', 'liked', 'extra', 'flow_id', 'chat_id'];
@@ -19,44 +20,9 @@ const TOOLS = ['calculator', 'current_time'];
 const isClose = (f: Frame) => f.category === 'processing' && f.type === 'close';
 const isStream = (f: Frame) => f.category === 'processing' && f.type === 'stream';
 const extraOf = (f: Frame) => JSON.parse(f.extra) as Record<string, any>;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const tokens = (n: number, word = ' tok') => Array<string>(n).fill(word);
-
-/**
- * Waits until the server handles this socket's frames (a ping answered): its connect checks are
- * done, so it watches its chat_id. A socket is open before that, and frames of a turn that starts in
- * between are not delivered live (only a resume would send them).
- */
-async function ready(ws: WsClient): Promise<WsClient> {
-  const n = ws.frames.filter((f) => f.type === 'pong').length;
-  ws.send({ action: 'ping' });
-  await ws.until((f) => f.filter((x) => x.type === 'pong').length > n, 5000, 'pong');
-  ws.frames.splice(ws.frames.findLastIndex((f) => f.type === 'pong'), 1);
-  return ws;
-}
-
-/** Polls `probe` until it returns a value that is not undefined (a behaviour wait, not a timing assertion). */
-async function eventually<T>(probe: () => Promise<T | undefined>, what: string, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
-
-function mockConfig(mock: MockLlm, extra: DeepPartial<Config> = {}): DeepPartial<Config> {
-  return {
-    ...extra,
-    chat: { messages_per_minute: 1000, ...extra.chat },
-    llm: {
-      stall_timeout: 2, request_timeout: 5, max_retries: 0,
-      providers: { mock: { type: 'openai-compatible', base_url: mock.url, model: 'mock-gpt' } },
-      ...extra.llm,
-    },
-  };
-}
+/** upstream timeouts of these suites: short, so the stall cases end soon */
+const TIMEOUTS = { stall_timeout: 2, request_timeout: 5 };
 
 /** Every frame of a turn: all Bisheng fields, seq and turn_id; seq strictly increasing; one turn_id. */
 function expectWellFormedTurn(frames: Frame[], chatId: string, appId: string): void {
@@ -126,6 +92,7 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
   beforeAll(async () => {
     mock = await MockLlm.start();
     server = await startServer({ name: 'sqlite' }, mockConfig(mock, {
+      llm: TIMEOUTS,
       chat: { max_history_messages: 4 },
       moderation: { input_words: ['forbidden'], output_words: ['badword'], input_reply: 'Cannot answer that.', output_reply: 'Answer withheld.' },
     }));
@@ -395,6 +362,7 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
       await new Promise<void>((r) => slow.listen(0, '127.0.0.1', r));
       const port = (slow.address() as AddressInfo).port;
       toolServer = await startServer({ name: 'sqlite' }, mockConfig(mock, {
+        llm: TIMEOUTS,
         tools: { http: [{ name: 'slow_lookup', description: 'slow', method: 'GET', url: `http://127.0.0.1:${port}/slow`, parameters: { type: 'object', properties: {} }, headers: {} }], allowed_hosts: [`127.0.0.1:${port}`], timeout: 30 },
       }));
       const a = await new Api(toolServer.url).login('admin', ADMIN_PASSWORD);
@@ -524,8 +492,9 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
     let ttlServer: TestServer;
     let ttlUser: Api;
     let app: string;
+    const clock = new ManualClock();
     beforeAll(async () => {
-      ttlServer = await startServer({ name: 'sqlite' }, mockConfig(mock, { chat: { replay_ttl: 3, run_on_disconnect: false } }));
+      ttlServer = await startServer({ name: 'sqlite' }, mockConfig(mock, { llm: TIMEOUTS, chat: { replay_ttl: 3, run_on_disconnect: false } }), { clock });
       ttlUser = await new Api(ttlServer.url).login('admin', ADMIN_PASSWORD);
       app = await publishedApp(ttlUser, { kind: 'chat', provider: 'mock' });
     });
@@ -541,10 +510,8 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
       await early.turn(0);
       expect(early.frames[0]!.message).toEqual({ resumed: true, from_seq: turn[1]!.seq });
       early.close();
-      await sleep(3300);
-      const late = await connect(app, chatId, { api: ttlUser, base: ttlServer.url, query: `last_seq=${turn[1]!.seq}` });
-      await late.until((f) => f.length > 0, 5000, 'system/info');
-      await sleep(100);
+      clock.advance(3001);
+      const late = await (await connect(app, chatId, { api: ttlUser, base: ttlServer.url, query: `last_seq=${turn[1]!.seq}` })).settle();
       expect(late.frames).toHaveLength(1);
       expect(late.frames[0]).toMatchObject({ category: 'system', type: 'info', message: { resumed: false, reason: expect.any(String) } });
     });
@@ -766,7 +733,7 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
     it('two sockets on the same chat_id see the same stream (same frames, same seqs)', async () => {
       const chatId = newChatId();
       const a = await connect(chatApp, chatId);
-      const b = await ready(await connect(chatApp, chatId));
+      const b = await (await connect(chatApp, chatId)).settle();
       mock.enqueue({ text: 'Shared answer for both.', delayMs: 5 });
       const fa = await ask(a, 'shared?');
       const fb = await b.turn(0);
@@ -811,7 +778,7 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
       own.send({ action: 'resume', chat_id: chatId, last_seq: 0 });
       own.send({ action: 'stop', chat_id: chatId });
       await owner.turn(from);
-      await sleep(100);
+      await own.settle();
       expect(own.frames.filter((f) => f.chat_id === chatId && f.category !== 'error')).toEqual([]);
       expect(own.frames.filter((f) => f.category === 'error').every((f) => f.message.status_code === 10403)).toBe(true);
       // the owner's turn was not stopped by the intruder
@@ -820,7 +787,7 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
 
     it('a user who connected to a chat_id before its owner created it can neither regenerate nor clear it', async () => {
       const chatId = newChatId();
-      const early = await ready(await connect(chatApp, chatId, { api: bob }));
+      const early = await (await connect(chatApp, chatId, { api: bob })).settle();
       const owner = await connect(chatApp, chatId);
       mock.enqueue({ text: 'owner answer' });
       await ask(owner, 'owner question');
@@ -828,11 +795,9 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
       const n = owner.frames.length;
       early.send({ action: 'regenerate', chat_id: chatId });
       early.send({ clear_history: true });
-      early.send({ action: 'ping' });
-      await early.until((f) => f.some((x) => x.type === 'pong'), 5000, 'pong');
+      await early.settle();
       const errors = early.frames.filter((f) => f.category === 'error');
       expect(errors.map((f) => f.message.status_code)).toEqual([10403, 10403]);
-      await sleep(100);
       expect(await rows(chatId)).toEqual(before);
       expect(owner.frames.slice(n)).toEqual([]);
       expect(mock.requests).toHaveLength(1);
@@ -840,8 +805,8 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
 
     it('a first question races another user creating the same chat_id: refused (10403), nothing stored there, the model never sees their messages', async () => {
       const chatId = newChatId();
-      const ws = await ready(await connect(chatApp, chatId));
-      const other = await ready(await connect(chatApp, chatId, { api: bob }));
+      const ws = await (await connect(chatApp, chatId)).settle();
+      const other = await (await connect(chatApp, chatId, { api: bob })).settle();
       // the question's checks find no conversation; before the turn stores anything, bob creates it
       const chat = server.handle.services.chat;
       const original = chat.resolveTarget.bind(chat);
@@ -872,11 +837,11 @@ describe('WebSocket chat turns (sqlite, mock model over HTTP)', () => {
 
     it('a user watching a chat_id before its owner asks never receives the owner\'s frames', async () => {
       const chatId = newChatId();
-      const early = await ready(await connect(chatApp, chatId, { api: bob }));
+      const early = await (await connect(chatApp, chatId, { api: bob })).settle();
       const owner = await connect(chatApp, chatId);
       mock.enqueue({ text: 'private answer' });
       await ask(owner, 'private question');
-      await sleep(100);
+      await early.settle();
       expect(early.frames.filter((f) => f.category !== 'error')).toEqual([]);
     });
   });
@@ -966,7 +931,7 @@ describe.each(dbTargets())('questions at the same moment on $name', (target) => 
   let app: string;
   beforeAll(async () => {
     mock = await MockLlm.start();
-    server = await startServer(target, mockConfig(mock));
+    server = await startServer(target, mockConfig(mock, { llm: TIMEOUTS }));
     let admin: Api;
     ({ admin, user } = await adminAndUser(server));
     app = await publishedApp(admin, { kind: 'chat', provider: 'mock' });
@@ -1018,7 +983,7 @@ describe('a restart (sqlite)', () => {
   afterAll(async () => mock?.close());
 
   it('a shutdown mid-turn keeps the partial answer; after the restart seq goes on increasing', async () => {
-    const first = await startServer({ name: 'sqlite' }, mockConfig(mock));
+    const first = await startServer({ name: 'sqlite' }, mockConfig(mock, { llm: TIMEOUTS }));
     let second: Awaited<ReturnType<typeof createServer>> | null = null;
     const sockets: WsClient[] = [];
     try {

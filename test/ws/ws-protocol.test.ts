@@ -13,21 +13,14 @@ import { openDatabase } from '../../src/server.ts';
 import { createRepos } from '../../src/storage/repos.ts';
 import { MockLlm } from '../fixtures/mock-llm.ts';
 import { newChatId, publishedApp } from '../helpers/apps.ts';
-import { Api, adminAndUser, startServer, type TestServer } from '../helpers/server.ts';
+import { ManualClock } from '../helpers/clock.ts';
+import { Api, adminAndUser, mockConfig, startServer, type TestServer } from '../helpers/server.ts';
+import { eventually, sleep } from '../helpers/wait.ts';
 import { kinds, streamedText, WsClient, type Frame, closeAll } from '../helpers/ws-client.ts';
 
 const isClose = (f: Frame) => f.category === 'processing' && f.type === 'close';
 const isError = (f: Frame) => f.category === 'error';
 const isEndCover = (f: Frame) => f.category === 'answer' && f.type === 'end_cover';
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function mockConfig(mock: MockLlm, extra: DeepPartial<Config> = {}): DeepPartial<Config> {
-  return {
-    ...extra,
-    chat: { messages_per_minute: 1000, ...extra.chat },
-    llm: { stall_timeout: 5, request_timeout: 10, max_retries: 0, providers: { mock: { type: 'openai-compatible', base_url: mock.url, model: 'mock-gpt' } }, ...extra.llm },
-  };
-}
 
 /** An access token for `userId` signed with the server's own secret, expiring at `exp` (seconds since epoch). */
 async function tokenExpiringAt(server: TestServer, userId: number, exp: number): Promise<string> {
@@ -135,6 +128,7 @@ describe('WebSocket protocol, limits and connect (sqlite, mock model over HTTP)'
   beforeAll(async () => {
     mock = await MockLlm.start();
     server = await startServer({ name: 'sqlite' }, mockConfig(mock, {
+      llm: { stall_timeout: 5 },
       chat: { max_message_length: 50, max_frame_bytes: 2048 },
       http: { allowed_origins: [ORIGIN] },
     }));
@@ -213,7 +207,7 @@ describe('WebSocket protocol, limits and connect (sqlite, mock model over HTTP)'
       // sent at once, while the server may still be resolving the app and the conversation
       socket.send(Buffer.from(JSON.stringify({ chat_id: chatId, inputs: { input: 'binary' } })), { binary: true });
       socket.send(JSON.stringify({ action: 'ping' }));
-      for (let i = 0; i < 400 && frames.length < 2; i++) await sleep(25);
+      await eventually(() => (frames.length >= 2 ? true : undefined), 'the error and the pong');
       socket.close();
       expect(frames.map((f) => `${f.category}/${f.type}`)).toEqual(['error/end', 'system/pong']);
       expect(frames[0]!.message.status_code).toBe(10400);
@@ -230,7 +224,7 @@ describe('WebSocket protocol, limits and connect (sqlite, mock model over HTTP)'
       socket.on('message', (d) => frames.push(JSON.parse(d.toString()) as Frame));
       await new Promise((r) => socket.once('open', r));
       socket.send(JSON.stringify({ action: 'ping' }));
-      for (let i = 0; i < 400 && !frames.some((f) => f.type === 'pong'); i++) await sleep(25);
+      await eventually(() => (frames.some((f) => f.type === 'pong') ? true : undefined), 'the pong');
       socket.close();
       expect(frames.map((f) => `${f.category}/${f.type}`)).toEqual(['system/info', ...kinds(turn), 'system/pong']);
       expect(frames[0]!.message).toEqual({ resumed: true, from_seq: 0 });
@@ -479,15 +473,13 @@ describe('WebSocket protocol, limits and connect (sqlite, mock model over HTTP)'
       // refused connects hold no slot; a closed socket gives its slot back
       a1.close();
       await a1.waitClose();
-      let again: WsClient | null = null;
-      for (let i = 0; i < 100 && !again; i++) {
+      // the slot is free once the server saw the close: a connect is then accepted
+      const again = await eventually(async () => {
         const ws = await WsClient.connect(capped.url, `/api/v1/chat/${capApp}?chat_id=${newChatId()}`, { token: capUser.token });
-        if (ws.closeCode === null) again = ws;
-        else await sleep(20);
-      }
-      expect(again).not.toBeNull();
-      sockets.push(again!);
-      await expectAnswers(again!, null);
+        return ws.closeCode === null ? ws : undefined;
+      }, 'a connect to be accepted');
+      sockets.push(again);
+      await expectAnswers(again, null);
     });
 
     it('simultaneous connects cannot overshoot the caps', async () => {
@@ -496,7 +488,7 @@ describe('WebSocket protocol, limits and connect (sqlite, mock model over HTTP)'
       const burst = await Promise.all(Array.from({ length: 6 }, () => WsClient.connect(capped.url, `/api/v1/chat/${capApp}?chat_id=${newChatId()}`, { token: capBob.token })));
       sockets.push(...burst);
       const refusedCount = () => burst.filter((ws) => ws.closeCode !== null).length;
-      for (let i = 0; i < 200 && refusedCount() < 4; i++) await sleep(25);
+      await eventually(() => (refusedCount() >= 4 ? true : undefined), 'four refusals').catch(() => undefined);
       const refused = burst.filter((ws) => ws.closeCode !== null);
       expect(refused.length, burst.map((ws) => `${ws.closeCode}:${ws.describe()}`).join(' | ')).toBeGreaterThanOrEqual(4);
       for (const ws of refused) expect(ws.closeCode).toBe(1013);
@@ -532,8 +524,7 @@ describe('WebSocket protocol, limits and connect (sqlite, mock model over HTTP)'
       const pong = ws.frames.find((x) => x.type === 'pong')!;
       expect(pong.seq).toBeUndefined();
       expect(ws.frames).toHaveLength(1);
-      for (let i = 0; i < 200 && pings === 0; i++) await sleep(25);
-      expect(pings).toBeGreaterThan(0);
+      await eventually(() => (pings > 0 ? true : undefined), 'a protocol ping');
     });
 
     it('a socket that sends no frames is closed after connection_timeout, although its client answers pings', async () => {
@@ -576,12 +567,7 @@ describe('WebSocket protocol, limits and connect (sqlite, mock model over HTTP)'
       socket.send(JSON.stringify({ chat_id: chatId, inputs: { input: 'are you there?' } }));
       const code = await closed;
       expect(code).toBe(1006); // terminated: no close handshake with a dead peer
-      const stored = async () => (await hb.handle.services.repos.messages.all(chatId)).find((r) => r.category === 'answer');
-      let answer = await stored();
-      for (let i = 0; i < 200 && !answer; i++) {
-        await sleep(50);
-        answer = await stored();
-      }
+      const answer = await eventually(async () => (await hb.handle.services.repos.messages.all(chatId)).find((r) => r.category === 'answer'), 'the stored answer');
       expect(answer?.remark).toBe('');
       expect(answer?.message).toBe(Array<string>(40).fill(' slow').join(''));
     });
@@ -621,18 +607,27 @@ describe('WebSocket protocol, limits and connect (sqlite, mock model over HTTP)'
   });
 
   describe('JWT expiry on a long-lived socket', () => {
-    it('the next frame after expiry gets 10401 and the socket closes with 1008', async () => {
-      const exp = Math.floor(Date.now() / 1000) + 4;
-      const token = await tokenExpiringAt(server, userId, exp);
+    /** A server whose clock the test moves, and a socket on it with a token that expires in a minute. */
+    const expiringSocket = async (extra: DeepPartial<Config> = {}) => {
+      const clock = new ManualClock();
+      const expiring = await startServer({ name: 'sqlite' }, mockConfig(mock, extra), { clock });
+      onTestFinished(() => expiring.close());
+      const { admin: a, userId: uid } = await adminAndUser(expiring);
+      const app = await publishedApp(a, { kind: 'chat', provider: 'mock' });
+      const token = await tokenExpiringAt(expiring, uid, Math.floor(clock.now() / 1000) + 60);
       const chatId = newChatId();
-      const ws = await WsClient.connect(server.url, `/api/v1/chat/${chatApp}?chat_id=${chatId}`, { token });
+      const ws = await WsClient.connect(expiring.url, `/api/v1/chat/${app}?chat_id=${chatId}`, { token });
       sockets.push(ws);
       expect(ws.closeCode).toBeNull();
+      return { clock, ws, chatId };
+    };
+
+    it('the next frame after expiry gets 10401 and the socket closes with 1008', async () => {
+      const { clock, ws, chatId } = await expiringSocket();
       await expectAnswers(ws, chatId);
-      // (the heartbeat sweep may get there first: the outcome is the same)
       const from = ws.frames.length;
-      while (Date.now() <= exp * 1000 + 100) await sleep(50);
-      if (ws.closeCode === null) ws.send({ chat_id: chatId, inputs: { input: 'after expiry' } });
+      clock.advance(61_000);
+      ws.send({ chat_id: chatId, inputs: { input: 'after expiry' } });
       const { code, reason } = await ws.waitClose();
       expect([code, reason]).toEqual([1008, 'Unauthorized']);
       expect(kinds(ws.frames.slice(from))).toEqual(['error/end']);
@@ -641,21 +636,12 @@ describe('WebSocket protocol, limits and connect (sqlite, mock model over HTTP)'
     });
 
     it('the heartbeat sweep closes an expired socket that sends nothing: 10401, then 1008', async () => {
-      const sweep = await startServer({ name: 'sqlite' }, mockConfig(mock, { chat: { heartbeat_interval: 1 } }));
-      try {
-        const { admin: a, userId: uid } = await adminAndUser(sweep);
-        const app = await publishedApp(a, { kind: 'chat', provider: 'mock' });
-        const token = await tokenExpiringAt(sweep, uid, Math.floor(Date.now() / 1000) + 4);
-        const ws = await WsClient.connect(sweep.url, `/api/v1/chat/${app}?chat_id=${newChatId()}`, { token });
-        sockets.push(ws);
-        expect(ws.closeCode).toBeNull();
-        const { code, reason } = await ws.waitClose(15_000);
-        expect([code, reason]).toEqual([1008, 'Unauthorized']);
-        expect(kinds(ws.frames)).toEqual(['error/end']);
-        expect(ws.frames[0]!.message.status_code).toBe(10401);
-      } finally {
-        await sweep.close();
-      }
+      const { clock, ws } = await expiringSocket({ chat: { heartbeat_interval: 1 } });
+      clock.advance(61_000);
+      const { code, reason } = await ws.waitClose(15_000);
+      expect([code, reason]).toEqual([1008, 'Unauthorized']);
+      expect(kinds(ws.frames)).toEqual(['error/end']);
+      expect(ws.frames[0]!.message.status_code).toBe(10401);
     });
   });
 

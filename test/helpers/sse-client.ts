@@ -1,37 +1,3 @@
-import type { Config, DeepPartial } from '../../src/config/config.ts';
-import type { MockLlm } from '../fixtures/mock-llm.ts';
-import type { TestServer } from '../helpers/server.ts';
-
-/** A server config whose provider `mock` is the mock model over HTTP; no retries, short timeouts. */
-export function mockConfig(mock: MockLlm, extra: DeepPartial<Config> = {}): DeepPartial<Config> {
-  return {
-    ...extra,
-    chat: { messages_per_minute: 1000, ...extra.chat },
-    llm: {
-      stall_timeout: 3, request_timeout: 10, max_retries: 0,
-      providers: { mock: { type: 'openai-compatible', base_url: mock.url, model: 'mock-gpt' } },
-      ...extra.llm,
-    },
-  };
-}
-
-/**
- * Closes a test server. Node's fetch may leave a connection behind that never sent a request after a
- * client aborted a stream; the server would wait for it (until its headers timeout), so it is cut first.
- */
-export async function closeServer(server: TestServer | undefined): Promise<void> {
-  if (!server) return;
-  server.handle.app.server.closeAllConnections();
-  await server.close();
-}
-
-/** Creates an API key for `api`'s user; returns the secret and the key id. */
-export async function createApiKey(api: { post: (path: string, body: unknown) => Promise<{ status: number; body: any }> }, appIds?: string[]): Promise<{ key: string; id: number }> {
-  const r = await api.post('/api/v1/apikeys', { name: 'test key', ...(appIds ? { app_ids: appIds } : {}) });
-  if (r.status !== 200) throw new Error(`create api key: ${JSON.stringify(r.body)}`);
-  return { key: r.body.data.key as string, id: r.body.data.id as number };
-}
-
 /**
  * A small `text/event-stream` client over real fetch for the SSE tests: parses events per the SSE
  * spec (fields, comments, blank-line dispatch), records them, and can wait for what a test expects

@@ -1,0 +1,145 @@
+/**
+ * The chat core driven directly, as a transport drives it (ChatService and the bus), without an
+ * HTTP or WebSocket server: built by the composition root on a SQLite file, with the offline demo
+ * model and a clock the tests move instead of sleeping.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ChatService } from '../../src/chat/chat-service.ts';
+import type { ChatTarget } from '../../src/chat/targets.ts';
+import { TurnEvents } from '../../src/chat/watch.ts';
+import { loadConfig } from '../../src/config/config.ts';
+import type { ChatEvent } from '../../src/domain/events.ts';
+import type { Principal } from '../../src/domain/types.ts';
+import { createServer, type ServerHandle } from '../../src/server.ts';
+import { newChatId } from '../helpers/apps.ts';
+import { ManualClock } from '../helpers/clock.ts';
+import { demoApp } from '../helpers/seed.ts';
+import type { TestServer } from '../helpers/server.ts';
+import { eventually } from '../helpers/wait.ts';
+
+const REPLAY_TTL_S = 60;
+const INPUT_TIMEOUT_MIN = 5;
+
+describe('the chat core, without a server', () => {
+  const clock = new ManualClock();
+  let dataDir: string;
+  let handle: ServerHandle;
+  let chat: ChatService;
+  let alice: Principal;
+  let bob: Principal;
+
+  beforeAll(async () => {
+    dataDir = mkdtempSync(join(tmpdir(), 'parley-core-'));
+    const { config } = loadConfig({
+      file: null, env: {},
+      overrides: {
+        server: { data_dir: dataDir, database_url: '' }, auth: { admin_password: 'admin-pass-123' }, log: { level: 'silent' },
+        chat: { replay_ttl: REPLAY_TTL_S }, workflow: { input_timeout: INPUT_TIMEOUT_MIN },
+        llm: { providers: { default: { type: 'demo', token_delay_ms: 0 } } },
+      },
+    });
+    handle = await createServer(config, { clock });
+    chat = handle.services.chat;
+    const user = async (name: string): Promise<Principal> => {
+      const row = await handle.services.auth.createUser(name, `${name}-password`, 'user');
+      return { id: row.id, user_name: row.user_name, role: row.role };
+    };
+    alice = await user('alice');
+    bob = await user('bob');
+  });
+  afterAll(async () => {
+    await handle?.close();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  const target = async (p: Principal, kind: 'chat' | 'workflow', chatId: string | null): Promise<ChatTarget> =>
+    chat.resolveTarget(p, (await demoApp({ handle } as TestServer, kind)).id, { chatId, stateless: chatId === null });
+
+  /** The events of the turn `start` begins on bus key `key`, through its close. */
+  const turnOf = async (key: string, p: Principal, start: () => Promise<{ fromSeq: number; duplicate: boolean }>): Promise<ChatEvent[]> => {
+    const events = new TurnEvents(handle.services.bus, key, p.id);
+    const started = await start();
+    events.start(started.fromSeq);
+    const seen: ChatEvent[] = [];
+    await events.each((e) => { seen.push(e); });
+    return seen;
+  };
+  const kinds = (events: ChatEvent[]) => events.map((e) => e.body.kind);
+
+  it('a question is answered and stored; a repeated client_message_id is the same turn until replay_ttl', async () => {
+    const chatId = newChatId();
+    const t = await target(alice, 'chat', chatId);
+    const ask = () => chat.ask({ principal: alice, target: t, text: 'Hello core', inputs: { input: 'Hello core' }, clientMessageId: 'q-1' });
+    const events = await turnOf(chatId, alice, ask);
+    expect(kinds(events)[0]).toBe('begin');
+    expect(kinds(events).slice(-3)).toEqual(['answer_start', 'answer_end', 'close']);
+    const rows = await handle.services.repos.messages.all(chatId);
+    expect(rows.map((r) => r.category)).toEqual(['question', 'answer']);
+
+    const again = await ask();
+    expect(again).toMatchObject({ duplicate: true, fromSeq: events[0]!.seq - 1 });
+    expect(await handle.services.repos.messages.all(chatId)).toHaveLength(2);
+
+    clock.advance(REPLAY_TTL_S * 1000);
+    const later = await turnOf(chatId, alice, ask);
+    expect(later[0]!.seq).toBe(events.at(-1)!.seq + 1);
+    expect(await handle.services.repos.messages.all(chatId)).toHaveLength(4);
+  });
+
+  it("someone else's conversation is one outcome, conversation_denied, and nothing of the question is stored", async () => {
+    const chatId = newChatId();
+    await turnOf(chatId, alice, async () => chat.ask({ principal: alice, target: await target(alice, 'chat', chatId), text: 'mine', inputs: { input: 'mine' } }));
+    await expect(target(bob, 'chat', chatId)).rejects.toMatchObject({ code: 'conversation_denied' });
+    // a target resolved before the conversation existed is checked again when its turn stores the question
+    const early = { ...(await target(bob, 'chat', newChatId())), chatId, conversation: null };
+    const published: ChatEvent[] = [];
+    const unsubscribe = handle.services.bus.subscribe(chatId, (e) => published.push(e));
+    await expect(chat.ask({ principal: bob, target: early, text: 'let me in', inputs: { input: 'let me in' } })).rejects.toMatchObject({ code: 'conversation_denied' });
+    await eventually(() => (chat.isRunning(chatId) ? undefined : true), 'the refused turn to end');
+    unsubscribe();
+    expect(published).toEqual([]);
+    expect((await handle.services.repos.messages.all(chatId)).map((r) => r.user_id)).toEqual([alice.id, alice.id]);
+  });
+
+  it('a workflow answer after workflow.input_timeout fails the run with 10527 (the clock moved, nobody slept)', async () => {
+    const chatId = newChatId();
+    const t = await target(alice, 'workflow', chatId);
+    const first = await turnOf(chatId, alice, () => chat.startWorkflow({ principal: alice, target: t }));
+    const request = first.find((e) => e.body.kind === 'input_request')!;
+    expect(request.body).toMatchObject({ node: { nodeId: 'ask' }, schema: { kind: 'form' } });
+    expect(first.at(-1)!.body).toMatchObject({ kind: 'close', extra: { run_status: 'input' } });
+
+    clock.advance(INPUT_TIMEOUT_MIN * 60_000 + 1);
+    const late = await turnOf(chatId, alice, () => chat.answerWorkflow({ principal: alice, target: t, nodeId: 'ask', data: { topic: 'tea', length: 'short' } }));
+    expect(kinds(late)).toEqual(['begin', 'node_end', 'error', 'close']);
+    expect(late[2]!.body).toMatchObject({ code: 'workflow_input_timeout', data: { node_id: 'ask' } });
+    expect(late.at(-1)!.body).toMatchObject({ extra: { run_status: 'failed' } });
+    expect(await handle.services.repos.workflowRuns.get(chatId)).toMatchObject({ status: 'failed' });
+  });
+
+  it('an unstored workflow run waits in memory under its scratch key: stopped by stopScratch, gone after forgetScratch', async () => {
+    const key = chat.newScratchKey();
+    const t = await target(alice, 'workflow', null);
+    const first = await turnOf(key, alice, () => chat.startWorkflow({ principal: alice, target: t, scratchKey: key }));
+    expect(first.at(-1)!.body).toMatchObject({ extra: { run_status: 'input' } });
+    expect(first.every((e) => e.chatId === '')).toBe(true);
+    // check_status sends the pending request again, in a segment of its own
+    const resent = await turnOf(key, alice, async () => (await chat.checkWorkflow(alice, t, key)).started!);
+    expect(kinds(resent)).toEqual(['begin', 'input_request', 'close']);
+    expect(resent[1]!.body).toMatchObject(first.find((e) => e.body.kind === 'input_request')!.body);
+
+    const stopped: ChatEvent[] = [];
+    const unsubscribe = handle.services.bus.subscribe(key, (e) => stopped.push(e));
+    expect(await chat.stopScratch(key)).toBe(true);
+    unsubscribe();
+    expect(stopped.at(-1)!.body).toMatchObject({ kind: 'close', extra: { run_status: 'stopped' } });
+    expect(await chat.checkWorkflow(alice, t, key)).toMatchObject({ started: null, run_status: null });
+
+    await turnOf(key, alice, () => chat.startWorkflow({ principal: alice, target: t, scratchKey: key }));
+    chat.forgetScratch(key);
+    expect(await chat.checkWorkflow(alice, t, key)).toMatchObject({ started: null, run_id: null });
+  });
+});

@@ -1,0 +1,153 @@
+/**
+ * The life cycle every turn shares (TurnRegistry), without a server or a database: the bus is the
+ * in-process one, the seq store a map.
+ */
+import { describe, expect, it } from 'vitest';
+import { MemoryBus } from '../../src/bus/memory-bus.ts';
+import { TurnRegistry, type TurnPlan } from '../../src/chat/turn-registry.ts';
+import { TurnSeqs } from '../../src/chat/turn-seqs.ts';
+import { AppError } from '../../src/domain/errors.ts';
+import type { ChatEvent } from '../../src/domain/events.ts';
+
+const CHAT = 'c'.repeat(32);
+const ids = { chatId: CHAT, flowId: 'app', userId: 7 };
+
+function setup() {
+  const bus = new MemoryBus();
+  const reserved = new Map<string, number>();
+  const settled: Array<[string, number, number]> = [];
+  // the database's seq column, as ConversationRepo keeps it: a block reserved per turn, the unused rest given back
+  const seqs = new TurnSeqs({
+    async reserveSeq(chatId, block) {
+      const last = (reserved.get(chatId) ?? 0) + block;
+      reserved.set(chatId, last);
+      return last - block;
+    },
+    async settleSeq(chatId, reservedTo, actual) {
+      settled.push([chatId, reservedTo, actual]);
+      if (reserved.get(chatId) === reservedTo) reserved.set(chatId, actual);
+    },
+  });
+  const turns = new TurnRegistry({ bus, seqs, replayTtl: 60 });
+  const events: ChatEvent[] = [];
+  bus.subscribe(CHAT, (e) => events.push(e));
+  const kinds = () => events.map((e) => e.body.kind);
+  return { bus, seqs, turns, events, kinds, settled };
+}
+
+/** A plan whose work emits one delta and waits for `release` (or the turn's stop). */
+function gatedPlan(turnSignal: AbortSignal, floor: number | Promise<number>) {
+  let release: () => void = () => undefined;
+  const gate = new Promise<void>((resolve) => {
+    release = resolve;
+    turnSignal.addEventListener('abort', () => resolve());
+  });
+  const plan: TurnPlan = {
+    ids, floor,
+    work: async (emit) => {
+      emit({ kind: 'delta', content: 'hi', reasoning: '' });
+      await gate;
+      return turnSignal.aborted ? { stopped: true } : undefined;
+    },
+  };
+  return { plan, release: () => release() };
+}
+
+describe('TurnRegistry', () => {
+  it('runs begin, the work and close with seqs after the floor, then releases the key and settles the seqs', async () => {
+    const { turns, events, kinds, settled } = setup();
+    let release = () => undefined as void;
+    const started = await turns.begin(CHAT, async (turn) => {
+      const gated = gatedPlan(turn.signal, 0);
+      release = gated.release;
+      return gated.plan;
+    });
+    expect(started).toMatchObject({ key: CHAT, fromSeq: 0, duplicate: false });
+    expect(turns.isRunning(CHAT)).toBe(true);
+    await expect(turns.begin(CHAT, async () => null)).rejects.toMatchObject({ code: 'conflict' });
+    release();
+    await turns.settled(CHAT);
+    expect(kinds()).toEqual(['begin', 'delta', 'close']);
+    expect(events.map((e) => e.seq)).toEqual([1, 2, 3]);
+    expect(new Set(events.map((e) => e.turnId))).toEqual(new Set([started!.turnId]));
+    expect(turns.isRunning(CHAT)).toBe(false);
+    expect(settled).toEqual([[CHAT, 10_000, 3]]);
+    // the next turn's seqs follow on directly
+    const next = await turns.begin(CHAT, async () => ({ ids, floor: 3, work: async () => undefined }));
+    await turns.settled(CHAT);
+    expect(next!.fromSeq).toBe(3);
+    expect(events.at(-1)!.seq).toBe(5);
+  });
+
+  it('a preparation that fails or plans nothing frees the key, and nothing is published', async () => {
+    const { turns, events } = setup();
+    await expect(turns.begin(CHAT, async () => { throw new AppError('rate_limited'); })).rejects.toMatchObject({ code: 'rate_limited' });
+    expect(turns.isRunning(CHAT)).toBe(false);
+    expect(await turns.begin(CHAT, async () => null)).toBeNull();
+    expect(turns.isRunning(CHAT)).toBe(false);
+    expect(events).toEqual([]);
+  });
+
+  it('events emitted before the floor is known wait for it; a floor that fails publishes nothing and rejects', async () => {
+    const { turns, events } = setup();
+    let resolveFloor: (n: number) => void = () => undefined;
+    const floor = new Promise<number>((resolve) => { resolveFloor = resolve; });
+    const started = turns.begin(CHAT, async () => ({ ids, floor, work: async (emit) => emit({ kind: 'delta', content: 'early', reasoning: '' }) }));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(events).toEqual([]);
+    resolveFloor(40);
+    expect((await started)!.fromSeq).toBe(40);
+    await turns.settled(CHAT);
+    expect(events.map((e) => [e.seq, e.body.kind])).toEqual([[41, 'begin'], [42, 'delta'], [43, 'close']]);
+
+    const failing = turns.begin(CHAT, async (turn) => gatedPlan(turn.signal, Promise.reject(new AppError('conversation_denied'))).plan);
+    await expect(failing).rejects.toMatchObject({ code: 'conversation_denied' });
+    await turns.settled(CHAT);
+    expect(events).toHaveLength(3);
+    expect(turns.isRunning(CHAT)).toBe(false);
+  });
+
+  it('stopLocal aborts the work and waits for the close; a stop on the bus (another instance) does the same', async () => {
+    const { bus, turns, events } = setup();
+    await turns.begin(CHAT, async (turn) => gatedPlan(turn.signal, 0).plan);
+    expect(await turns.stopLocal(CHAT)).toBe(true);
+    expect(events.at(-1)!.body).toEqual({ kind: 'close', extra: { stopped: true } });
+    expect(await turns.stopLocal(CHAT)).toBe(false);
+
+    await turns.begin(CHAT, async (turn) => gatedPlan(turn.signal, 10).plan);
+    bus.sendControl({ type: 'stop', key: CHAT });
+    await turns.settled(CHAT);
+    expect(events.at(-1)!.body).toEqual({ kind: 'close', extra: { stopped: true } });
+  });
+
+  it('a work that throws ends with an error event, then close', async () => {
+    const { turns, kinds, events } = setup();
+    await turns.begin(CHAT, async () => ({ ids, floor: 0, work: async () => { throw new AppError('upstream_timeout', 'slow model'); } }));
+    await turns.settled(CHAT);
+    expect(kinds()).toEqual(['begin', 'error', 'close']);
+    expect(events[1]!.body).toMatchObject({ code: 'upstream_timeout', message: 'slow model' });
+  });
+
+  it('shutdown stops the running turns and refuses new ones (10503)', async () => {
+    const { turns, kinds } = setup();
+    await turns.begin(CHAT, async (turn) => gatedPlan(turn.signal, 0).plan);
+    await turns.shutdown();
+    expect(kinds()).toEqual(['begin', 'delta', 'close']);
+    expect(() => turns.assertOpen()).toThrow(expect.objectContaining({ code: 'busy' }));
+  });
+
+  it('unstored turns count their seqs in memory until their scratch key is forgotten', async () => {
+    const { turns, seqs, bus } = setup();
+    const key = 'scratch:1';
+    const seen: number[] = [];
+    bus.subscribe(key, (e) => seen.push(e.seq));
+    const scratchIds = { ...ids, chatId: null };
+    for (let i = 0; i < 2; i++) {
+      await turns.begin(key, async () => ({ ids: scratchIds, floor: await seqs.floor(key, null), work: async () => undefined }));
+      await turns.settled(key);
+    }
+    expect(seen).toEqual([1, 2, 3, 4]);
+    seqs.forget(key);
+    expect(await seqs.floor(key, null)).toBe(0);
+  });
+});

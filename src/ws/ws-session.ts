@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import type { WebSocket } from 'ws';
 import type { Bus } from '../bus/bus.ts';
 import { errorFrame, encodeFrame, outsideFrame } from '../wire/bisheng-frames.ts';
@@ -14,7 +13,6 @@ import { parseClientFrame, type ClientFrame } from './client-frames.ts';
 
 /** One WebSocket: its caller, the conversations it watches, and the frames it receives. */
 export class WsSession {
-  readonly id = randomUUID();
   /** the bus key of this socket's unstored turns (debug mode) */
   readonly scratchKey: string;
   /** the peer answered a ping or sent a frame (liveness) */

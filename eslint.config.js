@@ -40,6 +40,8 @@ export default tseslint.config(
   layer('chat', ['http', 'ws', 'wire', 'providers'], DRIVERS),
   // wire codecs shared by the transports that speak them: what they encode is the domain's
   layer('wire', ['config', 'storage', 'bus', 'providers', 'tools', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps'], DRIVERS),
+  // Redis adapters of the core's ports (bus, limits): drivers allowed, transports not
+  layer('redis', ['storage', 'providers', 'tools', 'runtimes', 'auth', 'http', 'ws', 'apps', 'wire'], ['fastify', '@fastify/*', 'ws', 'better-sqlite3', 'pg', 'kysely', 'eventsource-parser']),
   layer('auth', ['http', 'ws', 'bus', 'providers', 'tools', 'runtimes', 'chat', 'apps', 'wire'], DRIVERS),
   layer('apps', ['http', 'ws', 'bus', 'providers', 'chat', 'wire'], DRIVERS),
   layer('ws', ['http', 'storage'], ['fastify', 'better-sqlite3', 'pg', 'kysely', 'ioredis', 'eventsource-parser']),

@@ -10,6 +10,8 @@ import { Moderation } from './chat/moderation.ts';
 import { MemoryRateLimiter } from './chat/rate-limiter.ts';
 import { DatabaseRunStore, MemoryRunStore } from './chat/run-store.ts';
 import { MemoryBus } from './bus/memory-bus.ts';
+import { RedisBus } from './bus/redis-bus.ts';
+import { connectRedis, whenReady, type RedisClient } from './redis/connect.ts';
 import { systemClock, type Clock } from './domain/clock.ts';
 import { AssistantRuntime } from './runtimes/assistant-runtime.ts';
 import { createProviders } from './providers/provider-registry.ts';
@@ -64,6 +66,32 @@ export interface ServerOptions {
   clock?: Clock;
 }
 
+/** how long a start waits for Redis before it serves without it (degraded, rejoining once Redis answers) */
+const REDIS_START_WAIT_MS = 5000;
+
+/**
+ * The two Redis connections of an instance (commands, subscriptions). Connection errors are logged
+ * when the link goes down and when it is back, not at every reconnect attempt.
+ */
+async function openRedis(url: string, logger: Logger): Promise<{ client: RedisClient; sub: RedisClient; close(): void }> {
+  const watch = (name: string) => {
+    let down = false;
+    const c = connectRedis(url, {}, (err) => {
+      if (!down) logger.warn({ err, connection: name }, 'Redis unreachable: serving from this instance alone until it is back');
+      down = true;
+    });
+    c.on('ready', () => {
+      if (down) logger.info({ connection: name }, 'Redis is back');
+      down = false;
+    });
+    return c;
+  };
+  const client = watch('commands');
+  const sub = watch('subscriptions');
+  if (!(await whenReady(client, REDIS_START_WAIT_MS))) logger.warn('Redis did not answer at start: starting degraded');
+  return { client, sub, close: () => { client.disconnect(); sub.disconnect(); } };
+}
+
 export async function createServer(config: Config, opts: ServerOptions = {}): Promise<ServerHandle> {
   const logger = opts.logger ?? createLogger(config);
   const db = await openDatabase(config, logger);
@@ -81,7 +109,10 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
   }
 
   const clock = opts.clock ?? systemClock;
-  const bus = opts.bus ?? new MemoryBus(() => clock.now());
+  const redis = config.server.redis_url ? await openRedis(config.server.redis_url, logger) : null;
+  const bus = opts.bus ?? (redis
+    ? new RedisBus(redis.client, redis.sub, { prefix: config.server.redis_prefix, replayTtl: config.chat.replay_ttl, now: () => clock.now(), onError: (err) => logger.debug({ err }, 'bus: Redis command failed') })
+    : new MemoryBus(() => clock.now()));
   const providers = createProviders(config);
   for (const p of opts.providers ?? []) providers.register(p);
   const tools = createTools(config);
@@ -99,7 +130,7 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
 
   const conversations = new ConversationService(repos);
   const services: Services = {
-    config, db, repos, auth, apps, chat, bus, gateway, conversations, tools,
+    config, db, repos, auth, apps, chat, bus, gateway, conversations, tools, redis: redis?.client ?? null,
     feedback: new FeedbackService(repos, conversations),
     turns: chat,
     metrics: new Metrics(),
@@ -118,6 +149,7 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
       await app.close();
       await sandbox.close();
       await bus.close();
+      redis?.close();
       await db.close();
     },
   };

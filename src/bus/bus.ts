@@ -16,6 +16,8 @@ export interface Bus {
   /** Appends to the replay log and delivers to live subscribers, in seq order. */
   publish(event: ChatEvent): void;
   subscribe(key: string, listener: (event: ChatEvent) => void): Unsubscribe;
+  /** Resolves once the subscriptions of `key` receive what every instance publishes (at once on one instance). */
+  whenSubscribed(key: string): Promise<void>;
   /**
    * Events of the log with seq > afterSeq, or null when the log does not reach back to afterSeq
    * (events in between are gone, or this bus never saw the conversation).

@@ -97,6 +97,8 @@ export class MemoryBus implements Bus {
     };
   }
 
+  async whenSubscribed(): Promise<void> {}
+
   async replay(key: string, afterSeq: number): Promise<ChatEvent[] | null> {
     const ch = this.channels.get(key);
     if (!ch || ch.lastSeq < 0) return null;

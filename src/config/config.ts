@@ -34,8 +34,10 @@ export const ConfigSchema = Type.Object({
     data_dir: Type.String({ default: './data' }),
     /** empty → SQLite file in data_dir; postgres://… → PostgreSQL */
     database_url: Type.String({ default: '' }),
-    /** empty → in-memory bus */
+    /** empty → in-memory bus; redis://, rediss://, redis+sentinel://, redis+cluster:// → several instances share Redis */
     redis_url: Type.String({ default: '' }),
+    /** the prefix of every Redis key and channel (instances that share one prefix are one deployment) */
+    redis_prefix: Type.String({ minLength: 1, default: 'parley:' }),
     trust_proxy: Type.Boolean({ default: false }),
     shutdown_grace: Type.Integer({ minimum: 0, default: 10 }),
   }, { default: {} }),
@@ -273,8 +275,8 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
   if (config.server.database_url && !/^(postgres|postgresql):\/\//.test(config.server.database_url)) {
     problems.push('server.database_url: must be a postgres:// URL (leave empty for SQLite)');
   }
-  if (config.server.redis_url && !/^rediss?:\/\//.test(config.server.redis_url)) {
-    problems.push('server.redis_url: must be a redis:// URL');
+  if (config.server.redis_url && !/^(rediss?|redis\+sentinel|redis\+cluster):\/\//.test(config.server.redis_url)) {
+    problems.push('server.redis_url: must be a redis://, rediss://, redis+sentinel:// or redis+cluster:// URL');
   }
   for (const [name, p] of Object.entries(config.llm.providers ?? {})) {
     if (p.type === 'openai-compatible' && !p.base_url) problems.push(`llm.providers.${name}.base_url: required for an openai-compatible provider`);

@@ -6,6 +6,7 @@ import type { ConversationService } from '../chat/conversation-service.ts';
 import type { FeedbackService } from '../chat/feedback-service.ts';
 import type { TurnControl } from '../chat/turn-control.ts';
 import type { Config } from '../config/config.ts';
+import type { RedisClient } from '../redis/connect.ts';
 import type { Db } from '../storage/db.ts';
 import type { Repos } from '../storage/repos.ts';
 import type { WsGateway } from '../ws/ws-gateway.ts';
@@ -28,4 +29,6 @@ export interface Services {
   /** the tools apps and workflow nodes may name */
   tools: { names(): string[] };
   metrics: Metrics;
+  /** the Redis the instances share; null: one instance, everything in this process */
+  redis: RedisClient | null;
 }

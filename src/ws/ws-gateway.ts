@@ -92,7 +92,11 @@ export class WsGateway {
       if (target.chatId) {
         const lastSeq = Number(req.query.last_seq);
         if (req.query.last_seq !== undefined && Number.isSafeInteger(lastSeq) && lastSeq >= 0) await session.resume(target.chatId, lastSeq, true);
-        else session.watch(target.chatId);
+        else {
+          session.watch(target.chatId);
+          // its first frame is handled once the socket gets the turns other instances run
+          await this.deps.bus.whenSubscribed(target.chatId);
+        }
       }
       // the early frames first, then the live ones (nothing can arrive in between: no await from here)
       socket.off('message', onEarly);

@@ -1,15 +1,18 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import type { Bus } from '../../src/bus/bus.ts';
 import { MemoryBus } from '../../src/bus/memory-bus.ts';
+import { RedisBus } from '../../src/bus/redis-bus.ts';
 import type { ChatEvent } from '../../src/domain/events.ts';
+import type { RedisClient } from '../../src/redis/connect.ts';
+import { dropPrefix, redisClient, redisUrl, testPrefix } from '../helpers/redis.ts';
 
-/** The contract every Bus implementation passes (memory now; Redis runs the same suite). */
-export function busContract(name: string, make: (clock: { now: number }) => Bus): void {
+/** The contract every Bus implementation passes: the memory bus and the Redis bus run the same suite. */
+export function busContract(name: string, make: (clock: { now: number }) => Bus | Promise<Bus>): void {
   describe(`${name} bus contract`, () => {
     const ev = (key: string, seq: number, turnId = 't1'): ChatEvent => ({ seq, key, chatId: key, turnId, flowId: 'f', userId: 1, body: { kind: 'delta', content: String(seq), reasoning: '' } });
 
     it('delivers events to every subscriber of the key, in order, and not to others', async () => {
-      const bus = make({ now: 0 });
+      const bus = await make({ now: 0 });
       const a: number[] = [];
       const b: number[] = [];
       const other: number[] = [];
@@ -27,7 +30,7 @@ export function busContract(name: string, make: (clock: { now: number }) => Bus)
     });
 
     it('a throwing subscriber does not stop the others', async () => {
-      const bus = make({ now: 0 });
+      const bus = await make({ now: 0 });
       const got: number[] = [];
       bus.subscribe('k', () => { throw new Error('boom'); });
       bus.subscribe('k', (e) => got.push(e.seq));
@@ -37,7 +40,7 @@ export function busContract(name: string, make: (clock: { now: number }) => Bus)
     });
 
     it('replays the in-flight turn after any seq it covers, and says when it does not', async () => {
-      const bus = make({ now: 0 });
+      const bus = await make({ now: 0 });
       expect(await bus.replay('k', 0)).toBeNull();
       for (const s of [11, 12, 13]) bus.publish(ev('k', s));
       expect((await bus.replay('k', 10))!.map((e) => e.seq)).toEqual([11, 12, 13]);
@@ -49,7 +52,7 @@ export function busContract(name: string, make: (clock: { now: number }) => Bus)
 
     it('keeps the last finished turn for the replay ttl, also while the next turn runs', async () => {
       const clock = { now: 1000 };
-      const bus = make(clock);
+      const bus = await make(clock);
       for (const s of [1, 2, 3]) bus.publish(ev('k', s));
       bus.endTurn('k', 10);
       for (const s of [7, 8]) bus.publish(ev('k', s, 't2'));
@@ -67,7 +70,7 @@ export function busContract(name: string, make: (clock: { now: number }) => Bus)
     });
 
     it('replays a finished turn exactly as it was published (every field of every event)', async () => {
-      const bus = make({ now: 0 });
+      const bus = await make({ now: 0 });
       const base = { key: 'k', chatId: 'k', turnId: 't1', flowId: 'f', userId: 7 };
       const published: ChatEvent[] = [
         { ...base, seq: 1, body: { kind: 'begin' } },
@@ -90,7 +93,7 @@ export function busContract(name: string, make: (clock: { now: number }) => Bus)
     });
 
     it('carries stop requests to every control listener', async () => {
-      const bus = make({ now: 0 });
+      const bus = await make({ now: 0 });
       const got: string[] = [];
       const off = bus.onControl((m) => got.push(`${m.type}:${m.key}`));
       bus.sendControl({ type: 'stop', key: 'k' });
@@ -104,6 +107,24 @@ export function busContract(name: string, make: (clock: { now: number }) => Bus)
 }
 
 busContract('memory', (clock) => new MemoryBus(() => clock.now));
+
+const url = redisUrl();
+describe.runIf(url)('on Redis', () => {
+  const clients: RedisClient[] = [];
+  const prefixes: string[] = [];
+  afterAll(async () => {
+    if (clients[0]) for (const p of prefixes) await dropPrefix(clients[0], p);
+    for (const c of clients) c.disconnect();
+  });
+  /** One instance's bus: its own two connections, a prefix of this test's */
+  const instance = async (clock: { now: number }, prefix = testPrefix()) => {
+    const [redis, sub] = [await redisClient(url!), await redisClient(url!)];
+    clients.push(redis, sub);
+    prefixes.push(prefix);
+    return new RedisBus(redis, sub, { prefix, replayTtl: 60, now: () => clock.now });
+  };
+  busContract('redis', (clock) => instance(clock));
+});
 
 describe('memory bus retention', () => {
   it('drops the longest-finished turns beyond its event budget; a late resume is then told so', async () => {

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import pino, { type Logger } from 'pino';
 import { AppService } from './apps/app-service.ts';
 import { AuthService } from './auth/auth-service.ts';
@@ -109,6 +110,8 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
   }
 
   const clock = opts.clock ?? systemClock;
+  // who runs a turn, as the database and the other instances know this process
+  const instanceId = `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
   const redis = config.server.redis_url ? await openRedis(config.server.redis_url, logger) : null;
   const bus = opts.bus ?? (redis
     ? new RedisBus(redis.client, redis.sub, { prefix: config.server.redis_prefix, replayTtl: config.chat.replay_ttl, now: () => clock.now(), onError: (err) => logger.debug({ err }, 'bus: Redis command failed') })
@@ -119,7 +122,7 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
   // workflow code nodes run in this process's sandbox (worker threads), closed with the server
   const sandbox = new CodeSandbox();
   const chat = new ChatService({
-    config, repos, bus, apps, providers, tools, clock, log: logger,
+    config, repos, bus, apps, providers, tools, clock, log: logger, instanceId, shared: redis !== null,
     runtime: new AssistantRuntime(),
     executor: new WorkflowExecutor({ sandbox }),
     runs: { stored: new DatabaseRunStore(repos.workflowRuns, config.workflow.input_timeout * 60_000), scratch: new MemoryRunStore() },

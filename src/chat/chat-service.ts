@@ -18,6 +18,7 @@ import { Targets, type ChatTarget, type TargetOptions } from './targets.ts';
 import type { TurnControl } from './turn-control.ts';
 import { TurnRegistry, type TurnStarted } from './turn-registry.ts';
 import { TurnSeqs } from './turn-seqs.ts';
+import { TurnSweeper } from './turn-sweeper.ts';
 import { WorkflowSegments } from './workflow-segments.ts';
 import { WorkflowTurns, type WorkflowAnswerInput, type WorkflowStartInput, type WorkflowStatus } from './workflow-turns.ts';
 
@@ -33,6 +34,7 @@ export class ChatService implements TurnControl {
   private readonly clientIds: ClientIds;
   private readonly chats: ChatTurns;
   private readonly workflows: WorkflowTurns;
+  private readonly sweeper: TurnSweeper;
 
   constructor(private readonly deps: {
     config: Config; repos: Repos; bus: Bus; apps: AppService; providers: { get(name: string): LlmProvider }; tools: ToolLookup;
@@ -45,12 +47,19 @@ export class ChatService implements TurnControl {
     rate: RateLimiter;
     moderation: Moderation;
     clock: Clock;
-    log?: { error(obj: object, msg: string): void };
+    /** this instance, as the owner of the turns it runs */
+    instanceId: string;
+    /** whether other instances may run turns of this database (a shared bus): else every running turn found at start is a dead one */
+    shared: boolean;
+    log?: { error(obj: object, msg: string): void; warn?(obj: object, msg: string): void };
   }) {
     const { config, repos, bus, clock, log } = deps;
     this.targets = new Targets(deps);
-    this.seqs = new TurnSeqs(repos.conversations);
+    const owner = { id: deps.instanceId, leaseMs: config.chat.turn_lease * 1000, clock };
+    this.seqs = new TurnSeqs(repos.conversations, owner);
     this.turns = new TurnRegistry({ bus, seqs: this.seqs, replayTtl: config.chat.replay_ttl, log });
+    this.sweeper = new TurnSweeper({ repos, bus, turns: this.turns, seqs: this.seqs, owner, replayTtl: config.chat.replay_ttl, log });
+    this.sweeper.start({ all: !deps.shared });
     this.clientIds = new ClientIds(clock, config.chat.replay_ttl * 1000);
     const common = { turns: this.turns, seqs: this.seqs, rate: deps.rate, targets: this.targets };
     this.chats = new ChatTurns({ ...common, config, repos, moderation: deps.moderation, runtime: deps.runtime, providers: deps.providers, tools: deps.tools, clock, log });
@@ -148,8 +157,9 @@ export class ChatService implements TurnControl {
   }
 
   /** Stops accepting turns, stops the running ones (their partial answers are stored) and waits for them. */
-  shutdown(): Promise<void> {
-    return this.turns.shutdown();
+  async shutdown(): Promise<void> {
+    await this.sweeper.stop();
+    await this.turns.shutdown();
   }
 
   private keyOf(target: ChatTarget, scratchKey: string | undefined): string {

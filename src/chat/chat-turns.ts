@@ -68,31 +68,39 @@ export class ChatTurns {
       }
       // the turn starts now and its question is stored while the model works on the first token: the
       // turn's events wait for the seq floor, and its answer for the question's id
-      const stored = this.storeQuestion(turn, input, ids, blocked);
-      const questionId = stored.then((s) => s.questionId);
+      const { floor, questionId } = this.storeQuestion(turn, input, ids, blocked);
       questionId.catch(() => undefined);
-      return { ids, floor: stored.then((s) => s.fromSeq), work: this.answerWork(turn, input, { questionId, history, blocked }) };
+      return { ids, floor, work: this.answerWork(turn, input, { questionId, history, blocked }) };
     }))!;
   }
 
   /**
-   * Creates the conversation if it is new, stores the question and reserves the turn's seqs. The
-   * upstream request never waits for their commit: the statements are issued in the same
-   * iteration of the event loop as the request (and commit at its end), so the seq floor is
-   * usually known before the first token. A conversation another user created in the meantime is
-   * refused here (the turn then ends with nothing published or stored; its context was empty).
+   * Creates the conversation if it is new, stores the question and takes the conversation for the
+   * turn (reserving its seqs: 10409 when another instance runs one). The upstream request never
+   * waits for their commit: the statements are issued together in the same iteration of the event
+   * loop as the request (on SQLite they share one commit), so the seq floor is usually known before
+   * the first token. If either fails, the other is undone: a refused turn leaves no question, a
+   * question that could not be stored leaves the conversation free. A conversation another user
+   * created in the meantime is refused here (the turn then ends with nothing published or stored;
+   * its context was empty).
    */
-  private async storeQuestion(turn: Turn, input: AskInput, ids: TurnIds, blocked: string | null): Promise<{ questionId: number | null; fromSeq: number }> {
+  private storeQuestion(turn: Turn, input: AskInput, ids: TurnIds, blocked: string | null): { floor: Promise<number>; questionId: Promise<number | null> } {
     const { principal, target } = input;
-    if (target.chatId === null) return { questionId: null, fromSeq: await this.deps.seqs.floor(turn.key, null) };
-    await this.deps.targets.ensure(principal, target, input.text);
-    // independent writes, issued together (on SQLite they share one commit)
-    const [questionId, fromSeq] = await Promise.all([
-      this.deps.repos.messages.insert(questionRow(ids, turn.turnId, JSON.stringify(input.inputs), { sensitive_status: blocked ? 2 : 1 })),
-      this.deps.seqs.floor(turn.key, target.chatId),
-      blocked ? this.deps.repos.conversations.update(target.chatId, { sensitive_status: 2 }) : undefined,
-    ]);
-    return { questionId, fromSeq };
+    const chatId = target.chatId;
+    if (chatId === null) return { floor: this.deps.seqs.floor(turn.key, null, turn.turnId), questionId: Promise.resolve(null) };
+    const { repos, seqs } = this.deps;
+    const stored = this.deps.targets.ensure(principal, target, input.text).then(async () => {
+      const [question, floor] = await Promise.allSettled([
+        repos.messages.insert(questionRow(ids, turn.turnId, JSON.stringify(input.inputs), { sensitive_status: blocked ? 2 : 1 })),
+        seqs.floor(turn.key, chatId, turn.turnId),
+        blocked ? repos.conversations.update(chatId, { sensitive_status: 2 }) : undefined,
+      ]);
+      if (question.status === 'fulfilled' && floor.status === 'fulfilled') return { questionId: question.value, fromSeq: floor.value };
+      // (a reservation that went through is given back when the turn ends unrun: TurnSeqs.abandon)
+      if (question.status === 'fulfilled') await repos.messages.delete(question.value).catch(() => undefined);
+      throw floor.status === 'rejected' ? floor.reason : (question as PromiseRejectedResult).reason;
+    });
+    return { floor: stored.then((s) => s.fromSeq), questionId: stored.then((s) => s.questionId) };
   }
 
   /** Answers the last question of a conversation again; the old answer stays as a sibling. */
@@ -110,7 +118,7 @@ export class ChatTurns {
       await this.deps.rate.consume(principal.id);
       const window = this.window(target);
       const history = window > 0 ? buildContext(rows.slice(0, qIndex), window) : [];
-      const floor = await this.deps.seqs.floor(chatId, chatId);
+      const floor = await this.deps.seqs.floor(chatId, chatId, turn.turnId);
       const text = questionText(question.message);
       const work = this.answerWork(turn, { principal, target, text, inputs: { input: text } }, {
         questionId: Promise.resolve(question.id), history, blocked: this.deps.moderation.checkInput(text),

@@ -53,6 +53,8 @@ interface RunningTurn extends Turn {
  */
 export class TurnRegistry {
   private readonly running = new Map<string, RunningTurn>();
+  /** the keys of the running turns of stored conversations (their chat ids): their leases are renewed */
+  private readonly stored = new Set<string>();
   private readonly unsubscribeControl: () => void;
   private closing = false;
 
@@ -70,6 +72,11 @@ export class TurnRegistry {
 
   isRunning(key: string): boolean {
     return this.running.has(key);
+  }
+
+  /** The chat ids of the stored conversations whose turns run here. */
+  storedKeys(): string[] {
+    return [...this.stored];
   }
 
   /** 10503 once the server shuts down: no new turn starts. */
@@ -95,6 +102,7 @@ export class TurnRegistry {
       plan = await prepare(turn);
     } catch (err) {
       this.running.delete(key);
+      await this.deps.seqs.abandon(turn.turnId).catch(() => undefined);
       throw err;
     }
     if (!plan) {
@@ -102,6 +110,7 @@ export class TurnRegistry {
       return null;
     }
     const run = plan;
+    if (run.ids.chatId !== null) this.stored.add(key);
     turn.done = Promise.resolve().then(() => this.drive(turn, run));
     try {
       return { key, turnId: turn.turnId, fromSeq: await run.floor, duplicate: false };
@@ -175,9 +184,13 @@ export class TurnRegistry {
       const fromSeq = await known.catch(() => null);
       if (fromSeq !== null) emit(extra ? { kind: 'close', extra } : { kind: 'close' });
       this.running.delete(turn.key);
+      this.stored.delete(turn.key);
       if (fromSeq !== null) {
         bus.endTurn(turn.key, this.deps.replayTtl);
-        await seqs.settle(turn.key, ids.chatId, fromSeq, seq).catch(() => undefined);
+        // a settle that fails leaves the conversation taken: the sweeper (turn-sweeper.ts) frees it once its lease ran out
+        await seqs.settle(turn.key, ids.chatId, turn.turnId, seq).catch(() => undefined);
+      } else {
+        await seqs.abandon(turn.turnId).catch(() => undefined);
       }
     }
   }

@@ -81,11 +81,9 @@ export class WorkflowTurns {
       if (current?.status === 'input' && current.userId === principal.id && !segments.expired(current.state)) {
         throw new AppError('conflict', 'A workflow run waits for input in this conversation: answer it, or stop it first');
       }
-      if (target.chatId !== null) {
-        await this.deps.targets.ensure(principal, target, input.question?.text ?? target.app.name);
-        if (input.question) await messages.insert(questionRow(ids, turn.turnId, JSON.stringify(input.question.inputs)));
-      }
-      const floor = await this.deps.seqs.floor(key, target.chatId);
+      if (target.chatId !== null) await this.deps.targets.ensure(principal, target, input.question?.text ?? target.app.name);
+      const floor = await this.deps.seqs.floor(key, target.chatId, turn.turnId);
+      if (target.chatId !== null && input.question) await messages.insert(questionRow(ids, turn.turnId, JSON.stringify(input.question.inputs)));
       // a client's graph only where the caller edits the draft anyway (debug mode needs an editor)
       const graph = input.graph !== undefined && target.version === null ? input.graph : target.spec.graph;
       return { ids, floor, work: (emit) => segments.start(this.segment(turn, ids, target.version, emit), target.spec, graph, input.inputs ?? {}) };
@@ -119,15 +117,13 @@ export class WorkflowTurns {
         // one continuation per request, whichever instance gets the answer first
         if (!(await runs.claim(run))) throw busyElsewhere();
         claimed = run;
-        if (target.chatId !== null) {
-          if (!(await this.deps.targets.own(principal, target))) throw AppError.notFound('Conversation not found');
-          if (values) {
-            await this.deps.messages.insert(questionRow(ids, turn.turnId, answerText(pending.schema, values, input.message), {
-              extra: JSON.stringify({ node_id: pending.node_id, input_message_id: input.messageId ?? pending.message_id }),
-            }));
-          }
+        if (target.chatId !== null && !(await this.deps.targets.own(principal, target))) throw AppError.notFound('Conversation not found');
+        const floor = await this.deps.seqs.floor(key, target.chatId, turn.turnId);
+        if (target.chatId !== null && values) {
+          await this.deps.messages.insert(questionRow(ids, turn.turnId, answerText(pending.schema, values, input.message), {
+            extra: JSON.stringify({ node_id: pending.node_id, input_message_id: input.messageId ?? pending.message_id }),
+          }));
         }
-        const floor = await this.deps.seqs.floor(key, target.chatId);
         const answer = { node_id: input.nodeId, data: input.data, message: input.message };
         return { ids, floor, work: (emit) => this.deps.segments.answer(this.segment(turn, ids, target.version, emit), target.spec, run, answer) };
       } catch (err) {
@@ -157,7 +153,7 @@ export class WorkflowTurns {
       started = await this.deps.turns.begin(key, async (turn) => {
         if (expired && !(await runs.claim(run))) return null;
         if (target.chatId !== null) await this.deps.targets.own(principal, target);
-        const floor = await this.deps.seqs.floor(key, target.chatId);
+        const floor = await this.deps.seqs.floor(key, target.chatId, turn.turnId);
         return { ids, floor, work: (emit) => this.deps.segments.resend(this.segment(turn, ids, target.version, emit), run, expired) };
       });
     } catch (err) {
@@ -190,7 +186,7 @@ export class WorkflowTurns {
     const ids: TurnIds = { chatId, flowId: run.appId, userId: run.userId };
     const started = await this.deps.turns.begin(key, async (turn) => {
       if (!(await runs.claim(run))) return null;
-      const floor = await this.deps.seqs.floor(key, chatId);
+      const floor = await this.deps.seqs.floor(key, chatId, turn.turnId);
       return { ids, floor, work: (emit) => this.deps.segments.stop(this.segment(turn, ids, run.row?.version ?? null, emit), run) };
     });
     if (!started) return false;

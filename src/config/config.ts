@@ -66,6 +66,8 @@ export const ConfigSchema = Type.Object({
     max_frame_bytes: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
     replay_ttl: sec(600),
     run_on_disconnect: Type.Boolean({ default: true }),
+    /** seconds an instance holds a running turn without renewing it: a turn whose instance died is ended after this */
+    turn_lease: Type.Integer({ minimum: 3, default: 30 }),
   }, { default: {} }),
   workflow: Type.Object({
     max_steps: sec(50),

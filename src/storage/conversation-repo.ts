@@ -25,8 +25,10 @@ export class ConversationRepo {
   constructor(private readonly db: Kysely<Database>) {
     this.byChatId = prepare(db, ($) => db.selectFrom('conversations').selectAll().where('chat_id', '=', $(0)));
     this.reserve = prepare(db, ($) => db.updateTable('conversations')
-      .set((eb) => ({ last_seq: eb('last_seq', '+', $(0)), update_time: $(1) })).where('chat_id', '=', $(2)).returning('last_seq'));
-    this.settle = prepare(db, ($) => db.updateTable('conversations').set({ last_seq: $(0) }).where('chat_id', '=', $(1)).where('last_seq', '=', $(2)));
+      .set((eb) => ({ last_seq: eb('last_seq', '+', $(0)), update_time: $(1), turn_id: $(2), turn_owner: $(3), turn_lease: $(4) }))
+      .where('chat_id', '=', $(5)).where('turn_id', 'is', null).returning('last_seq'));
+    this.settle = prepare(db, ($) => db.updateTable('conversations').set({ last_seq: $(0), turn_id: null, turn_owner: null, turn_lease: null })
+      .where('chat_id', '=', $(1)).where('turn_id', '=', $(2)));
   }
 
   async create(input: Omit<NewConversation, 'create_time' | 'update_time'>): Promise<ConversationRow> {
@@ -112,19 +114,40 @@ export class ConversationRepo {
   }
 
   /**
-   * Reserves the next `block` seqs in one atomic step (last_seq += block) and returns the stored
+   * Starts a turn of the conversation: takes it for `turn` (one atomic step, so of two instances
+   * only one gets it) and reserves the next `block` seqs (last_seq += block). Returns the stored
    * high-water mark before them: the block is (mark, mark + block]. Undefined when the conversation
-   * does not exist. Concurrent reservations get disjoint blocks. A turn starts with it, so it also
-   * marks the conversation as just active (update_time).
+   * does not exist, or another turn holds it. It also marks the conversation as just active.
    */
-  async reserveSeq(chatId: string, block: number): Promise<number | undefined> {
-    const row = (await this.reserve([block, now(), chatId]))[0];
+  async reserveSeq(chatId: string, block: number, turn: { id: string; owner: string; lease: string }): Promise<number | undefined> {
+    const row = (await this.reserve([block, now(), turn.id, turn.owner, turn.lease, chatId]))[0];
     return row && row.last_seq - block;
   }
 
-  /** Replaces a seq reservation by the real high-water mark once the turn has ended. */
-  async settleSeq(chatId: string, reserved: number, actual: number): Promise<void> {
-    await this.settle([actual, chatId, reserved]);
+  /** The turn has ended: its seq reservation becomes the real high-water mark and the conversation is free. */
+  async settleSeq(chatId: string, turnId: string, actual: number): Promise<void> {
+    await this.settle([actual, chatId, turnId]);
+  }
+
+  /** Extends the leases of the turns `owner` runs (`chatIds`: those still running there). */
+  async renewTurns(owner: string, chatIds: string[], lease: string): Promise<void> {
+    for (let i = 0; i < chatIds.length; i += 500) {
+      await this.db.updateTable('conversations').set({ turn_lease: lease })
+        .where('turn_owner', '=', owner).where('chat_id', 'in', chatIds.slice(i, i + 500)).execute();
+    }
+  }
+
+  /** Conversations whose turn's lease ran out before `before` (ISO): their instance stopped renewing it. */
+  staleTurns(before: string, limit: number): Promise<Array<Pick<ConversationRow, 'chat_id' | 'flow_id' | 'flow_type' | 'user_id' | 'last_seq' | 'turn_id' | 'turn_owner' | 'turn_lease'>>> {
+    return this.db.selectFrom('conversations').select(['chat_id', 'flow_id', 'flow_type', 'user_id', 'last_seq', 'turn_id', 'turn_owner', 'turn_lease'])
+      .where('turn_id', 'is not', null).where('turn_lease', '<', before).orderBy('turn_lease').limit(limit).execute();
+  }
+
+  /** Takes over a stale turn (compare-and-set on its lease, so one sweeping instance gets it). */
+  async claimTurn(chatId: string, turnId: string, staleLease: string, owner: string, lease: string): Promise<boolean> {
+    const r = await this.db.updateTable('conversations').set({ turn_owner: owner, turn_lease: lease })
+      .where('chat_id', '=', chatId).where('turn_id', '=', turnId).where('turn_lease', '=', staleLease).executeTakeFirst();
+    return Number(r.numUpdatedRows) === 1;
   }
 
   /** Copies a conversation and all its messages under `newChatId`, in one transaction. */

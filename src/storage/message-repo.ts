@@ -82,6 +82,11 @@ export class MessageRepo {
   }
 
   /** Every message of a conversation, oldest first. */
+  /** The rows one turn stored (its question, answer, tool calls …), oldest first. */
+  byTurn(chatId: string, turnId: string): Promise<Array<Pick<MessageRow, 'id' | 'category'>>> {
+    return this.db.selectFrom('messages').select(['id', 'category']).where('chat_id', '=', chatId).where('turn_id', '=', turnId).orderBy('id').execute();
+  }
+
   all(chatId: string): Promise<MessageRow[]> {
     return this.db.selectFrom('messages').selectAll().where('chat_id', '=', chatId).orderBy('id').execute();
   }

@@ -147,6 +147,20 @@ function migrations(dialect: Dialect): Record<string, Migration> {
         await db.schema.dropTable('workflow_runs').ifExists().execute();
       },
     },
+    // which instance runs a conversation's turn, until when (renewed while it runs): one turn per
+    // conversation across instances, and a turn whose instance died is found and ended
+    '0003_turn_owner': {
+      async up(db: AnyDb) {
+        for (const [column, type] of [['turn_id', 'varchar(32)'], ['turn_owner', 'varchar(64)'], ['turn_lease', 'varchar(32)']] as const) {
+          await db.schema.alterTable('conversations').addColumn(column, type).execute();
+        }
+        await db.schema.createIndex('conversations_turn_lease').on('conversations').column('turn_lease').execute();
+      },
+      async down(db: AnyDb) {
+        await db.schema.dropIndex('conversations_turn_lease').ifExists().execute();
+        for (const column of ['turn_lease', 'turn_owner', 'turn_id']) await db.schema.alterTable('conversations').dropColumn(column).execute();
+      },
+    },
   };
 }
 

@@ -67,6 +67,10 @@ export interface ConversationsTable {
   is_delete: Generated<number>;
   /** high-water mark of the conversation's event seq (resume across restarts) */
   last_seq: Generated<number>;
+  /** the running turn, the instance that runs it, and until when its lease holds (ISO); null between turns */
+  turn_id: string | null;
+  turn_owner: string | null;
+  turn_lease: string | null;
   create_time: string;
   update_time: string;
 }

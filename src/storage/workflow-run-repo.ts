@@ -34,6 +34,11 @@ export class WorkflowRunRepo {
     return Number(r.numUpdatedRows) === 1;
   }
 
+  /** A claimed run whose segment never ended (its instance died) waits again as it did before the claim. */
+  async unclaim(chatId: string): Promise<void> {
+    await this.db.updateTable('workflow_runs').set({ status: 'input', update_time: now() }).where('chat_id', '=', chatId).where('status', '=', 'running').execute();
+  }
+
   async delete(chatId: string): Promise<void> {
     await this.db.deleteFrom('workflow_runs').where('chat_id', '=', chatId).execute();
   }

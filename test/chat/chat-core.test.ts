@@ -9,6 +9,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ChatService } from '../../src/chat/chat-service.ts';
 import type { ChatTarget } from '../../src/chat/targets.ts';
+import { TurnRegistry } from '../../src/chat/turn-registry.ts';
+import { TurnSeqs } from '../../src/chat/turn-seqs.ts';
+import { TurnSweeper } from '../../src/chat/turn-sweeper.ts';
 import { TurnEvents } from '../../src/chat/watch.ts';
 import { loadConfig } from '../../src/config/config.ts';
 import type { ChatEvent } from '../../src/domain/events.ts';
@@ -141,5 +144,42 @@ describe('the chat core, without a server', () => {
     await turnOf(key, alice, () => chat.startWorkflow({ principal: alice, target: t, scratchKey: key }));
     chat.forgetScratch(key);
     expect(await chat.checkWorkflow(alice, t, key)).toMatchObject({ started: null, run_id: null });
+  });
+
+  it("a turn whose instance stopped renewing its lease is ended by a sweep: partial answer stored once, watchers told, the conversation free", async () => {
+    const { repos, bus } = handle.services;
+    const chatId = newChatId();
+    await turnOf(chatId, alice, async () => chat.ask({ principal: alice, target: await target(alice, 'chat', chatId), text: 'first', inputs: { input: 'first' } }));
+    const app = await demoApp({ handle } as TestServer, 'chat');
+    // what a dead instance leaves: the conversation taken, the question stored, a few events published
+    const lease = (ms: number) => new Date(clock.now() + ms).toISOString();
+    const fromSeq = (await repos.conversations.reserveSeq(chatId, 10_000, { id: 'd'.repeat(32), owner: 'dead', lease: lease(30_000) }))!;
+    await repos.messages.insert({
+      chat_id: chatId, flow_id: app.id, user_id: alice.id, is_bot: 0, type: 'human', category: 'question', message: '{"input":"second"}',
+      intermediate_steps: '', files: '[]', extra: '{}', source: 0, sender: '', receiver: null, remark: '', parent_message_id: null, turn_id: 'd'.repeat(32),
+    });
+    const ev = (seq: number, body: ChatEvent['body']): ChatEvent => ({ seq, key: chatId, chatId, turnId: 'd'.repeat(32), flowId: app.id, userId: alice.id, body });
+    bus.publish(ev(fromSeq + 1, { kind: 'begin' }));
+    bus.publish(ev(fromSeq + 2, { kind: 'delta', content: 'half an ', reasoning: '' }));
+    bus.publish(ev(fromSeq + 3, { kind: 'delta', content: 'answer', reasoning: '' }));
+    const watcher: ChatEvent[] = [];
+    bus.subscribe(chatId, (e) => watcher.push(e));
+    await expect(chat.ask({ principal: alice, target: await target(alice, 'chat', chatId), text: 'third', inputs: { input: 'third' } })).rejects.toMatchObject({ code: 'conflict' });
+
+    const turns = new TurnRegistry({ bus, seqs: new TurnSeqs(repos.conversations, { id: 'sweeper', leaseMs: 30_000, clock }), replayTtl: 60 });
+    const sweeper = new TurnSweeper({ repos, bus, turns, seqs: new TurnSeqs(repos.conversations, { id: 'sweeper', leaseMs: 30_000, clock }), owner: { id: 'sweeper', leaseMs: 30_000, clock }, replayTtl: 60 });
+    expect(await sweeper.sweep(false)).toBe(0);
+    clock.advance(30_001);
+    expect(await sweeper.sweep(false)).toBe(1);
+    expect(await sweeper.sweep(false)).toBe(0);
+
+    expect(watcher.map((e) => [e.seq - fromSeq, e.body.kind])).toEqual([[4, 'error'], [5, 'close']]);
+    const rows = await repos.messages.byTurn(chatId, 'd'.repeat(32));
+    expect(rows.map((r) => r.category)).toEqual(['question', 'answer']);
+    expect(await repos.messages.get(rows[1]!.id)).toMatchObject({ message: 'half an answer', remark: 'break_answer', parent_message_id: rows[0]!.id });
+    expect(await repos.conversations.get(chatId)).toMatchObject({ turn_id: null, last_seq: fromSeq + 5 });
+    // the conversation takes questions again, and its seqs go on
+    const next = await turnOf(chatId, alice, async () => chat.ask({ principal: alice, target: await target(alice, 'chat', chatId), text: 'third', inputs: { input: 'third' } }));
+    expect(next[0]!.seq).toBe(fromSeq + 6);
   });
 });

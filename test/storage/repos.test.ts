@@ -83,28 +83,40 @@ describe.each(dbTargets())('repositories on $name', (target) => {
     expect(await repos.conversations.get(chatId)).toEqual(rows[0]);
   });
 
-  it('conversations: reserveSeq reserves disjoint blocks atomically and marks the conversation active; settleSeq compare-and-sets', async () => {
+  it('conversations: reserveSeq takes the conversation for one turn and reserves a block; settleSeq gives back the rest and frees it; leases are renewed, found stale and claimed once', async () => {
     const user = await newUser();
     const c = await repos.conversations.create({ chat_id: newId(), name: 'seq', flow_id: app.id, flow_type: 15, flow_name: app.name, user_id: user.id });
     const lastSeq = async () => (await repos.conversations.get(c.chat_id))!.last_seq;
+    const turn = (id: string, owner = 'i1', lease = '2099-01-01T00:00:00.000Z') => ({ id, owner, lease });
     await new Promise((r) => setTimeout(r, 5));
-    expect(await repos.conversations.reserveSeq(c.chat_id, 100)).toBe(0);
+    expect(await repos.conversations.reserveSeq(c.chat_id, 100, turn('t1'))).toBe(0);
     expect(await lastSeq()).toBe(100);
+    expect(await repos.conversations.get(c.chat_id)).toMatchObject({ turn_id: 't1', turn_owner: 'i1', turn_lease: '2099-01-01T00:00:00.000Z' });
     // a turn starting marks the conversation active
     expect((await repos.conversations.get(c.chat_id))!.update_time > c.update_time).toBe(true);
-    await repos.conversations.settleSeq(c.chat_id, 100, 7);
-    expect(await lastSeq()).toBe(7);
-    // a reservation that was superseded is not settled
-    await repos.conversations.settleSeq(c.chat_id, 100, 3);
-    expect(await lastSeq()).toBe(7);
-    expect(await repos.conversations.reserveSeq(c.chat_id, 100)).toBe(7);
-    // an unsettled block (a crash) is never reused
-    expect(await repos.conversations.reserveSeq(c.chat_id, 100)).toBe(107);
+    // while t1 runs, no other turn (on any instance) gets the conversation, however many try at once
+    expect(await Promise.all(Array.from({ length: 4 }, (_, i) => repos.conversations.reserveSeq(c.chat_id, 100, turn(`x${i}`, 'i2'))))).toEqual([undefined, undefined, undefined, undefined]);
+    // only t1 settles it
+    await repos.conversations.settleSeq(c.chat_id, 'x0', 3);
+    expect(await lastSeq()).toBe(100);
+    await repos.conversations.settleSeq(c.chat_id, 't1', 7);
+    expect(await repos.conversations.get(c.chat_id)).toMatchObject({ last_seq: 7, turn_id: null, turn_owner: null, turn_lease: null });
+    // of turns starting at once, one gets it
+    const floors = await Promise.all(Array.from({ length: 8 }, (_, i) => repos.conversations.reserveSeq(c.chat_id, 10, turn(`t${i + 2}`))));
+    expect(floors.filter((f) => f !== undefined)).toEqual([7]);
+    expect(await lastSeq()).toBe(17);
+    expect(await repos.conversations.reserveSeq(newId(), 10, turn('t9'))).toBeUndefined();
 
-    const floors = await Promise.all(Array.from({ length: 8 }, () => repos.conversations.reserveSeq(c.chat_id, 10)));
-    expect([...floors].sort((a, b) => a! - b!)).toEqual([207, 217, 227, 237, 247, 257, 267, 277]);
-    expect(await lastSeq()).toBe(287);
-    expect(await repos.conversations.reserveSeq(newId(), 10)).toBeUndefined();
+    // leases: renewed by their owner only; found stale once they ran out; claimed by one sweeper
+    const holder = (await repos.conversations.get(c.chat_id))!;
+    await repos.conversations.renewTurns('someone else', [c.chat_id], '2000-01-01T00:00:00.000Z');
+    expect((await repos.conversations.get(c.chat_id))!.turn_lease).toBe(holder.turn_lease);
+    await repos.conversations.renewTurns('i1', [c.chat_id], '2000-01-01T00:00:00.000Z');
+    const stale = (await repos.conversations.staleTurns('2001-01-01T00:00:00.000Z', 100)).filter((t) => t.chat_id === c.chat_id);
+    expect(stale).toEqual([expect.objectContaining({ chat_id: c.chat_id, turn_id: holder.turn_id, turn_owner: 'i1', turn_lease: '2000-01-01T00:00:00.000Z', last_seq: 17 })]);
+    const claims = await Promise.all(['s1', 's2'].map((o) => repos.conversations.claimTurn(c.chat_id, holder.turn_id!, '2000-01-01T00:00:00.000Z', o, '2099-01-01T00:00:00.000Z')));
+    expect(claims.filter(Boolean)).toHaveLength(1);
+    expect((await repos.conversations.staleTurns('2001-01-01T00:00:00.000Z', 100)).filter((t) => t.chat_id === c.chat_id)).toEqual([]);
   });
 
   it('conversations: copy duplicates counters and messages, re-linking parents', async () => {
@@ -160,15 +172,16 @@ describe.each(dbTargets())('repositories on $name', (target) => {
     expect((await repos.messages.context(chatId, 2)).map((r) => r.message)).toEqual(['with usage', 'second plain']);
     expect((await repos.messages.context(chatId, 1)).map((r) => r.message)).toEqual(['second plain']);
     expect(await repos.messages.context(newId(), 5)).toEqual([]);
-    // seq reservations: disjoint blocks, settled only while still the stored mark
-    const first = await repos.conversations.reserveSeq(chatId, 100);
-    const second = await repos.conversations.reserveSeq(chatId, 100);
-    expect(second).toBe(first! + 100);
-    await repos.conversations.settleSeq(chatId, first! + 100, first! + 3);
-    expect((await repos.conversations.get(chatId))!.last_seq).toBe(first! + 200);
-    await repos.conversations.settleSeq(chatId, first! + 200, first! + 103);
+    // seq reservations: one turn at a time, settled by that turn
+    const lease = { owner: 'i1', lease: '2099-01-01T00:00:00.000Z' };
+    const first = await repos.conversations.reserveSeq(chatId, 100, { id: 'p1', ...lease });
+    expect(await repos.conversations.reserveSeq(chatId, 100, { id: 'p2', ...lease })).toBeUndefined();
+    await repos.conversations.settleSeq(chatId, 'p1', first! + 3);
+    expect((await repos.conversations.get(chatId))!.last_seq).toBe(first! + 3);
+    expect(await repos.conversations.reserveSeq(chatId, 100, { id: 'p2', ...lease })).toBe(first! + 3);
+    await repos.conversations.settleSeq(chatId, 'p2', first! + 103);
     expect((await repos.conversations.get(chatId))!.last_seq).toBe(first! + 103);
-    expect(await repos.conversations.reserveSeq(newId(), 100)).toBeUndefined();
+    expect(await repos.conversations.reserveSeq(newId(), 100, { id: 'p3', ...lease })).toBeUndefined();
     expect(await repos.conversations.get(newId())).toBeUndefined();
   });
 

@@ -10,11 +10,11 @@ describe('config', () => {
     expect(config.chat).toEqual({
       max_message_length: 10000, max_history_messages: 50, heartbeat_interval: 30, connection_timeout: 300,
       max_concurrent_sessions: 1000, max_connections_per_user: 20, messages_per_minute: 60, max_frame_bytes: 1048576,
-      replay_ttl: 600, run_on_disconnect: true,
+      replay_ttl: 600, run_on_disconnect: true, turn_lease: 30,
     });
     expect(config.workflow).toEqual({ max_steps: 50, input_timeout: 300 });
     expect(config.llm).toMatchObject({ request_timeout: 600, max_retries: 1, providers: { default: { type: 'demo' } } });
-    expect(config.server).toMatchObject({ host: '0.0.0.0', port: 8080, data_dir: './data', database_url: '', redis_url: '' });
+    expect(config.server).toMatchObject({ host: '0.0.0.0', port: 8080, data_dir: './data', database_url: '', redis_url: '', redis_prefix: 'parley:' });
     expect(config.auth).toMatchObject({ admin_password: '', jwt_secret: '' });
   });
 

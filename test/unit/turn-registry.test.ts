@@ -14,20 +14,24 @@ const ids = { chatId: CHAT, flowId: 'app', userId: 7 };
 
 function setup() {
   const bus = new MemoryBus();
-  const reserved = new Map<string, number>();
-  const settled: Array<[string, number, number]> = [];
-  // the database's seq column, as ConversationRepo keeps it: a block reserved per turn, the unused rest given back
+  const reserved = new Map<string, { last: number; turn: string | null }>();
+  const settled: Array<[string, string, number]> = [];
+  // the database's seq and turn columns, as ConversationRepo keeps them: one turn at a time, a block reserved per turn
   const seqs = new TurnSeqs({
-    async reserveSeq(chatId, block) {
-      const last = (reserved.get(chatId) ?? 0) + block;
-      reserved.set(chatId, last);
-      return last - block;
+    async reserveSeq(chatId, block, turn) {
+      const row = reserved.get(chatId) ?? { last: 0, turn: null };
+      if (row.turn !== null) return undefined;
+      reserved.set(chatId, { last: row.last + block, turn: turn.id });
+      return row.last;
     },
-    async settleSeq(chatId, reservedTo, actual) {
-      settled.push([chatId, reservedTo, actual]);
-      if (reserved.get(chatId) === reservedTo) reserved.set(chatId, actual);
+    async settleSeq(chatId, turnId, actual) {
+      settled.push([chatId, turnId, actual]);
+      if (reserved.get(chatId)?.turn === turnId) reserved.set(chatId, { last: actual, turn: null });
     },
-  });
+    async get(chatId) {
+      return reserved.has(chatId) ? ({ chat_id: chatId } as never) : undefined;
+    },
+  }, { id: 'instance', leaseMs: 30_000, clock: { now: () => 0 } });
   const turns = new TurnRegistry({ bus, seqs, replayTtl: 60 });
   const events: ChatEvent[] = [];
   bus.subscribe(CHAT, (e) => events.push(e));
@@ -71,7 +75,7 @@ describe('TurnRegistry', () => {
     expect(events.map((e) => e.seq)).toEqual([1, 2, 3]);
     expect(new Set(events.map((e) => e.turnId))).toEqual(new Set([started!.turnId]));
     expect(turns.isRunning(CHAT)).toBe(false);
-    expect(settled).toEqual([[CHAT, 10_000, 3]]);
+    expect(settled).toEqual([[CHAT, started!.turnId, 3]]);
     // the next turn's seqs follow on directly
     const next = await turns.begin(CHAT, async () => ({ ids, floor: 3, work: async () => undefined }));
     await turns.settled(CHAT);
@@ -143,11 +147,21 @@ describe('TurnRegistry', () => {
     bus.subscribe(key, (e) => seen.push(e.seq));
     const scratchIds = { ...ids, chatId: null };
     for (let i = 0; i < 2; i++) {
-      await turns.begin(key, async () => ({ ids: scratchIds, floor: await seqs.floor(key, null), work: async () => undefined }));
+      await turns.begin(key, async () => ({ ids: scratchIds, floor: await seqs.floor(key, null, 't'), work: async () => undefined }));
       await turns.settled(key);
     }
     expect(seen).toEqual([1, 2, 3, 4]);
     seqs.forget(key);
-    expect(await seqs.floor(key, null)).toBe(0);
+    expect(await seqs.floor(key, null, 't')).toBe(0);
+  });
+
+  it('a stored conversation is taken in the database: a turn on another instance gets 10409 until the first one settled', async () => {
+    const { seqs } = setup();
+    expect(await seqs.floor(CHAT, CHAT, 'turn-a')).toBe(0);
+    await expect(seqs.floor(CHAT, CHAT, 'turn-b')).rejects.toMatchObject({ code: 'conflict' });
+    await seqs.settle(CHAT, CHAT, 'turn-a', 4);
+    expect(await seqs.floor(CHAT, CHAT, 'turn-b')).toBe(4);
+    // a conversation that does not exist has nothing to take
+    expect(await seqs.floor('d'.repeat(32), 'd'.repeat(32), 'turn-c')).toBe(0);
   });
 });

@@ -22,6 +22,9 @@ import { TurnSweeper } from './turn-sweeper.ts';
 import { WorkflowSegments } from './workflow-segments.ts';
 import { WorkflowTurns, type WorkflowAnswerInput, type WorkflowStartInput, type WorkflowStatus } from './workflow-turns.ts';
 
+/** how long a stop waits for the instance that runs the turn to close it */
+const STOP_WAIT_MS = 5000;
+
 /**
  * The chat core, as the transports call it: they resolve a target, start turns, stop them, and
  * watch the bus for their events. Every turn has one life cycle (turn-registry.ts); chat and
@@ -124,8 +127,36 @@ export class ChatService implements TurnControl {
   private async stopKey(key: string, chatId: string | null): Promise<boolean> {
     if (await this.turns.stopLocal(key)) return true;
     if (await this.workflows.stopWaiting(key, chatId)) return true;
-    this.turns.stopElsewhere(key);
-    return false;
+    if (chatId === null) return false;
+    return this.stopElsewhere(chatId);
+  }
+
+  /**
+   * Stops a turn that another instance runs (the conversation is taken in the database): the stop
+   * travels on the bus, and this resolves once the turn has closed (true) or after STOP_WAIT_MS.
+   */
+  private async stopElsewhere(chatId: string): Promise<boolean> {
+    const { bus, repos } = this.deps;
+    const turnId = (await repos.conversations.get(chatId))?.turn_id;
+    if (!turnId) return false;
+    let off = () => undefined as void;
+    let timer: NodeJS.Timeout | undefined;
+    const closed = new Promise<boolean>((resolve) => {
+      off = bus.subscribe(chatId, (e) => {
+        if (e.turnId === turnId && e.body.kind === 'close') resolve(true);
+      });
+      timer = setTimeout(() => resolve(false), STOP_WAIT_MS);
+    });
+    try {
+      await bus.whenSubscribed(chatId);
+      // it may have ended meanwhile
+      if ((await repos.conversations.get(chatId))?.turn_id !== turnId) return true;
+      this.turns.stopElsewhere(chatId);
+      return await closed;
+    } finally {
+      clearTimeout(timer);
+      off();
+    }
   }
 
   /** Forgets what a scratch key left behind (its seq counter, a waiting run) once its turn has ended. */

@@ -8,11 +8,13 @@ import { ConversationService } from './chat/conversation-service.ts';
 import { FeedbackService } from './chat/feedback-service.ts';
 import { ChatService } from './chat/chat-service.ts';
 import { Moderation } from './chat/moderation.ts';
+import { ClientIds } from './chat/client-ids.ts';
 import { MemoryRateLimiter } from './chat/rate-limiter.ts';
 import { DatabaseRunStore, MemoryRunStore } from './chat/run-store.ts';
 import { MemoryBus } from './bus/memory-bus.ts';
 import { RedisBus } from './bus/redis-bus.ts';
 import { connectRedis, whenReady, type RedisClient } from './redis/connect.ts';
+import { RedisClientIds, RedisConnectionCounter, RedisRateLimiter } from './redis/redis-limits.ts';
 import { systemClock, type Clock } from './domain/clock.ts';
 import { AssistantRuntime } from './runtimes/assistant-runtime.ts';
 import { createProviders } from './providers/provider-registry.ts';
@@ -74,7 +76,7 @@ const REDIS_START_WAIT_MS = 5000;
  * The two Redis connections of an instance (commands, subscriptions). Connection errors are logged
  * when the link goes down and when it is back, not at every reconnect attempt.
  */
-async function openRedis(url: string, logger: Logger): Promise<{ client: RedisClient; sub: RedisClient; close(): void }> {
+async function openRedis(url: string, logger: Logger): Promise<{ client: RedisClient; sub: RedisClient; close(): Promise<void> }> {
   const watch = (name: string) => {
     let down = false;
     const c = connectRedis(url, {}, (err) => {
@@ -90,7 +92,12 @@ async function openRedis(url: string, logger: Logger): Promise<{ client: RedisCl
   const client = watch('commands');
   const sub = watch('subscriptions');
   if (!(await whenReady(client, REDIS_START_WAIT_MS))) logger.warn('Redis did not answer at start: starting degraded');
-  return { client, sub, close: () => { client.disconnect(); sub.disconnect(); } };
+  // QUIT lets the commands still in the pipeline (a stopped turn's last events) reach Redis; a Redis that is away gets a second
+  const quit = (c: RedisClient) => new Promise<void>((resolve) => {
+    const timer = setTimeout(() => { c.disconnect(); resolve(); }, 1000);
+    c.quit().catch(() => c.disconnect()).finally(() => { clearTimeout(timer); resolve(); });
+  });
+  return { client, sub, close: () => Promise.all([quit(client), quit(sub)]).then(() => undefined) };
 }
 
 export async function createServer(config: Config, opts: ServerOptions = {}): Promise<ServerHandle> {
@@ -119,6 +126,9 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
   const providers = createProviders(config);
   for (const p of opts.providers ?? []) providers.register(p);
   const tools = createTools(config);
+  const prefix = config.server.redis_prefix;
+  const replayTtlMs = config.chat.replay_ttl * 1000;
+  const clientIds = new ClientIds(clock, replayTtlMs);
   // workflow code nodes run in this process's sandbox (worker threads), closed with the server
   const sandbox = new CodeSandbox();
   const chat = new ChatService({
@@ -126,10 +136,15 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
     runtime: new AssistantRuntime(),
     executor: new WorkflowExecutor({ sandbox }),
     runs: { stored: new DatabaseRunStore(repos.workflowRuns, config.workflow.input_timeout * 60_000), scratch: new MemoryRunStore() },
-    rate: new MemoryRateLimiter(config.chat.messages_per_minute),
+    rate: redis ? new RedisRateLimiter(redis.client, { perMinute: config.chat.messages_per_minute, prefix }) : new MemoryRateLimiter(config.chat.messages_per_minute),
+    clientIds: redis ? new RedisClientIds(redis.client, clientIds, { prefix, ttlMs: replayTtlMs }) : clientIds,
     moderation: new Moderation(config.moderation),
   });
-  const gateway = new WsGateway({ config, auth, chat, bus, clock, log: logger });
+  const gateway = new WsGateway({
+    config, auth, chat, bus, clock, log: logger,
+    // a connection not refreshed for three heartbeats no longer counts (its instance died)
+    connections: redis ? new RedisConnectionCounter(redis.client, { prefix, ttlMs: 3 * config.chat.heartbeat_interval * 1000, now: () => clock.now() }) : undefined,
+  });
 
   const conversations = new ConversationService(repos);
   const services: Services = {
@@ -152,7 +167,7 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
       await app.close();
       await sandbox.close();
       await bus.close();
-      redis?.close();
+      await redis?.close();
       await db.close();
     },
   };

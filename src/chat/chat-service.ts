@@ -10,7 +10,7 @@ import type { Runtime } from '../runtimes/runtime.ts';
 import type { WorkflowExecutor } from '../runtimes/workflow/executor.ts';
 import type { Repos } from '../storage/repos.ts';
 import { ChatTurns, type AskInput, type ToolLookup } from './chat-turns.ts';
-import { ClientIds } from './client-ids.ts';
+import { clientIdKey, type ClientIdStore } from './client-ids.ts';
 import type { Moderation } from './moderation.ts';
 import type { RateLimiter } from './rate-limiter.ts';
 import type { RunStore } from './run-store.ts';
@@ -34,7 +34,7 @@ export class ChatService implements TurnControl {
   private readonly targets: Targets;
   private readonly turns: TurnRegistry;
   private readonly seqs: TurnSeqs;
-  private readonly clientIds: ClientIds;
+  private readonly clientIds: ClientIdStore;
   private readonly chats: ChatTurns;
   private readonly workflows: WorkflowTurns;
   private readonly sweeper: TurnSweeper;
@@ -48,6 +48,8 @@ export class ChatService implements TurnControl {
     /** where workflow runs wait: a stored conversation's, and an unstored one's */
     runs: { stored: RunStore; scratch: RunStore };
     rate: RateLimiter;
+    /** the turns client_message_ids started (chat.replay_ttl) */
+    clientIds: ClientIdStore;
     moderation: Moderation;
     clock: Clock;
     /** this instance, as the owner of the turns it runs */
@@ -63,7 +65,7 @@ export class ChatService implements TurnControl {
     this.turns = new TurnRegistry({ bus, seqs: this.seqs, replayTtl: config.chat.replay_ttl, log });
     this.sweeper = new TurnSweeper({ repos, bus, turns: this.turns, seqs: this.seqs, owner, replayTtl: config.chat.replay_ttl, log });
     this.sweeper.start({ all: !deps.shared });
-    this.clientIds = new ClientIds(clock, config.chat.replay_ttl * 1000);
+    this.clientIds = deps.clientIds;
     const common = { turns: this.turns, seqs: this.seqs, rate: deps.rate, targets: this.targets };
     this.chats = new ChatTurns({ ...common, config, repos, moderation: deps.moderation, runtime: deps.runtime, providers: deps.providers, tools: deps.tools, clock, log });
     const segments = new WorkflowSegments({ config, messages: repos.messages, executor: deps.executor, providers: deps.providers, tools: deps.tools, clock, log });
@@ -92,8 +94,8 @@ export class ChatService implements TurnControl {
     if (input.text.length > max) throw new AppError('too_large', `Message longer than ${max} characters`);
     if (!input.text.trim()) throw AppError.invalid([{ path: 'inputs/input', message: 'must not be empty' }], 'Empty question');
     const key = this.keyOf(target, input.scratchKey);
-    const idKey = ClientIds.keyOf(principal.id, key, input.clientMessageId);
-    const seen = idKey ? this.clientIds.seen(idKey) : null;
+    const idKey = clientIdKey(principal.id, key, input.clientMessageId);
+    const seen = idKey ? await this.clientIds.seen(idKey) : null;
     if (seen) return seen;
     const started = target.app.kind === 'workflow' ? await this.workflows.ask(input, key) : await this.chats.ask(input, key);
     if (idKey) this.clientIds.remember(idKey, started);

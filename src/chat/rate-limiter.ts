@@ -24,3 +24,15 @@ export class MemoryRateLimiter implements RateLimiter {
     }
   }
 }
+
+/**
+ * WebSocket connections per user across every instance (chat.max_connections_per_user), when
+ * several instances share them; each instance also counts its own.
+ */
+export interface ConnectionCounter {
+  /** Counts a new connection: false when the user has `max` open already (then nothing is counted). */
+  open(userId: number, connectionId: string, max: number): Promise<boolean>;
+  close(userId: number, connectionId: string): void;
+  /** These connections are still open (a connection that is not refreshed expires: a dead instance's go away). */
+  refresh(open: Array<{ userId: number; connectionId: string }>): void;
+}

@@ -3,7 +3,9 @@ import type { WebSocket } from 'ws';
 import type { AuthService } from '../auth/auth-service.ts';
 import type { Bus } from '../bus/bus.ts';
 import { errorFrame } from '../wire/bisheng-frames.ts';
+import { randomUUID } from 'node:crypto';
 import type { ChatService } from '../chat/chat-service.ts';
+import type { ConnectionCounter } from '../chat/rate-limiter.ts';
 import type { ChatTarget } from '../chat/targets.ts';
 import type { Config } from '../config/config.ts';
 import type { Clock } from '../domain/clock.ts';
@@ -47,7 +49,8 @@ const goingAway = () => new Refusal(new AppError('busy', 'server shutting down')
  * conversation, then hands frames to a WsSession. Runs heartbeats and idle/expiry checks.
  */
 export class WsGateway {
-  private readonly sessions = new Set<WsSession>();
+  /** open sessions and their connection ids */
+  private readonly sessions = new Map<WsSession, string>();
   /** sockets admitted or being admitted, in total and per user: a slot is held from the cap check on, so a burst of connects cannot overshoot */
   private slots = 0;
   private readonly perUser = new Map<number, number>();
@@ -56,6 +59,8 @@ export class WsGateway {
 
   constructor(private readonly deps: {
     config: Config; auth: AuthService; chat: ChatService; bus: Bus; clock: Clock;
+    /** connections per user across instances, when several share them */
+    connections?: ConnectionCounter | undefined;
     /** where unexpected errors are logged (their cause never reaches the client) */
     log?: { error(obj: object, msg: string): void };
   }) {
@@ -76,19 +81,24 @@ export class WsGateway {
     socket.on('message', onEarly);
     socket.on('error', () => undefined);
     let slot: Principal | null = null;
+    const connectionId = randomUUID();
     try {
       const { principal, tokenExp } = await this.authenticate(req);
       this.reserve(principal);
       slot = principal;
+      const shared = this.deps.connections;
+      if (shared && !(await shared.open(principal.id, connectionId, this.deps.config.chat.max_connections_per_user))) {
+        throw new Refusal(new AppError('busy', 'too many connections'), [1013, 'too many connections']);
+      }
       const target = await this.resolve(principal, req);
       if (this.shutdownDone) throw goingAway();
       if (socket.readyState !== OPEN) {
         slot = null;
-        this.release(principal);
+        this.release(principal, connectionId);
         return;
       }
       slot = null; // from here the socket's close releases it
-      const session = this.open(socket, principal, tokenExp, target, req);
+      const session = this.open(socket, principal, tokenExp, target, req, connectionId);
       if (target.chatId) {
         const lastSeq = Number(req.query.last_seq);
         if (req.query.last_seq !== undefined && Number.isSafeInteger(lastSeq) && lastSeq >= 0) await session.resume(target.chatId, lastSeq, true);
@@ -103,7 +113,7 @@ export class WsGateway {
       for (const { data, isBinary } of early) session.receiveRaw(data, isBinary);
       socket.on('message', (data: Buffer, isBinary: boolean) => session.receiveRaw(data, isBinary));
     } catch (err) {
-      if (slot) this.release(slot);
+      if (slot) this.release(slot, connectionId);
       const refusal = err instanceof Refusal ? err : this.unexpected(err);
       if (socket.readyState === OPEN) {
         socket.send(errorFrame(refusal.error));
@@ -171,7 +181,8 @@ export class WsGateway {
     this.perUser.set(p.id, mine + 1);
   }
 
-  private release(p: Principal): void {
+  private release(p: Principal, connectionId: string): void {
+    this.deps.connections?.close(p.id, connectionId);
     this.slots--;
     const n = (this.perUser.get(p.id) ?? 1) - 1;
     if (n > 0) this.perUser.set(p.id, n);
@@ -188,15 +199,15 @@ export class WsGateway {
     }
   }
 
-  private open(socket: WebSocket, principal: Principal, tokenExp: number, target: ChatTarget, req: UpgradeRequest): WsSession {
+  private open(socket: WebSocket, principal: Principal, tokenExp: number, target: ChatTarget, req: UpgradeRequest, connectionId: string): WsSession {
     const session = new WsSession(socket, principal, tokenExp, target, {
       chat: this.deps.chat, bus: this.deps.bus, config: this.deps.config, clock: this.deps.clock, kind: req.kind, versionId: versionOf(req), transport: req.transport, onError: (err) => this.logError(err, 'websocket frame failed'),
     });
-    this.sessions.add(session);
+    this.sessions.set(session, connectionId);
     socket.on('pong', () => session.alive());
     socket.on('close', () => {
       this.sessions.delete(session);
-      this.release(principal);
+      this.release(principal, connectionId);
       session.dispose();
     });
     return session;
@@ -211,7 +222,7 @@ export class WsGateway {
   private heartbeat(): void {
     const { connection_timeout, heartbeat_interval } = this.deps.config.chat;
     const now = this.deps.clock.now();
-    for (const s of this.sessions) {
+    for (const s of this.sessions.keys()) {
       if (s.tokenExp * 1000 <= now) {
         s.expire();
       } else if (now - s.lastAlive > 2 * heartbeat_interval * 1000) {
@@ -226,6 +237,7 @@ export class WsGateway {
         s.ping();
       }
     }
+    this.deps.connections?.refresh([...this.sessions].map(([s, connectionId]) => ({ userId: s.principal.id, connectionId })));
   }
 
   /**
@@ -236,7 +248,7 @@ export class WsGateway {
     this.shutdownDone ??= (async () => {
       clearInterval(this.timer);
       await this.deps.chat.shutdown();
-      for (const s of this.sessions) s.close(1001, 'going away');
+      for (const s of this.sessions.keys()) s.close(1001, 'going away');
     })();
     return this.shutdownDone;
   }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ClientIds } from '../../src/chat/client-ids.ts';
+import { clientIdKey, ClientIds } from '../../src/chat/client-ids.ts';
 import { ManualClock } from '../helpers/clock.ts';
 
 describe('ClientIds', () => {
@@ -8,18 +8,18 @@ describe('ClientIds', () => {
   it('a repeated id answers the earlier turn until the ttl has passed', () => {
     const clock = new ManualClock();
     const ids = new ClientIds(clock, 1000);
-    const key = ClientIds.keyOf(7, 'k', 'q-1')!;
+    const key = clientIdKey(7, 'k', 'q-1')!;
     expect(ids.seen(key)).toBeNull();
     ids.remember(key, turn);
     expect(ids.seen(key)).toEqual({ ...turn, duplicate: true });
     // another user's or another conversation's id is another key
-    expect(ids.seen(ClientIds.keyOf(8, 'k', 'q-1')!)).toBeNull();
-    expect(ids.seen(ClientIds.keyOf(7, 'k2', 'q-1')!)).toBeNull();
+    expect(ids.seen(clientIdKey(8, 'k', 'q-1')!)).toBeNull();
+    expect(ids.seen(clientIdKey(7, 'k2', 'q-1')!)).toBeNull();
     clock.advance(999);
     expect(ids.seen(key)).not.toBeNull();
     clock.advance(1);
     expect(ids.seen(key)).toBeNull();
-    expect(ClientIds.keyOf(7, 'k', undefined)).toBeNull();
+    expect(clientIdKey(7, 'k', undefined)).toBeNull();
   });
 
   it('expired ids are swept out when new ones come in', () => {

@@ -49,8 +49,9 @@ export function createLogger(config: Config): Logger {
   });
 }
 
-export async function openDatabase(config: Config, logger?: Logger): Promise<Db> {
+export async function openDatabase(config: Config, logger?: Logger, metrics?: Metrics): Promise<Db> {
   const db = openDb({
+    onQuery: metrics ? (seconds) => metrics.dbQueries.observe(seconds) : undefined,
     url: config.server.database_url,
     dataDir: config.server.data_dir,
     onIdleError: (err) => logger?.warn({ err }, 'an idle database connection failed; the pool opens a new one'),
@@ -102,7 +103,8 @@ async function openRedis(url: string, logger: Logger): Promise<{ client: RedisCl
 
 export async function createServer(config: Config, opts: ServerOptions = {}): Promise<ServerHandle> {
   const logger = opts.logger ?? createLogger(config);
-  const db = await openDatabase(config, logger);
+  const metrics = new Metrics();
+  const db = await openDatabase(config, logger, metrics);
   const repos = createRepos(db);
 
   const secret = config.auth.jwt_secret || (await repos.settings.getOrInit('jwt_secret', randomBytes(32).toString('base64url')));
@@ -121,7 +123,10 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
   const instanceId = `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
   const redis = config.server.redis_url ? await openRedis(config.server.redis_url, logger) : null;
   const bus = opts.bus ?? (redis
-    ? new RedisBus(redis.client, redis.sub, { prefix: config.server.redis_prefix, replayTtl: config.chat.replay_ttl, now: () => clock.now(), onError: (err) => logger.debug({ err }, 'bus: Redis command failed') })
+    ? new RedisBus(redis.client, redis.sub, {
+      prefix: config.server.redis_prefix, replayTtl: config.chat.replay_ttl, now: () => clock.now(), instanceId,
+      onError: (err) => logger.debug({ err }, 'bus: Redis command failed'), onStored: (seconds) => metrics.busPublish.observe(seconds),
+    })
     : new MemoryBus(() => clock.now()));
   const providers = createProviders(config);
   for (const p of opts.providers ?? []) providers.register(p);
@@ -132,7 +137,7 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
   // workflow code nodes run in this process's sandbox (worker threads), closed with the server
   const sandbox = new CodeSandbox();
   const chat = new ChatService({
-    config, repos, bus, apps, providers, tools, clock, log: logger, instanceId, shared: redis !== null,
+    config, repos, bus, apps, providers, tools, clock, log: logger, instanceId, shared: redis !== null, observer: metrics,
     runtime: new AssistantRuntime(),
     executor: new WorkflowExecutor({ sandbox }),
     runs: { stored: new DatabaseRunStore(repos.workflowRuns, config.workflow.input_timeout * 60_000), scratch: new MemoryRunStore() },
@@ -151,8 +156,9 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
     config, db, repos, auth, apps, chat, bus, gateway, conversations, tools, redis: redis?.client ?? null,
     feedback: new FeedbackService(repos, conversations),
     turns: chat,
-    metrics: new Metrics(),
+    metrics,
   };
+  metrics.watch({ runningTurns: () => chat.running, webSockets: () => gateway.size, redisReady: () => (redis ? redis.client.status === 'ready' : null) });
   const app = await buildApp(services, logger);
 
   let closed = false;

@@ -81,7 +81,8 @@ return out`;
  * from its own log) and mirrors nothing; it rejoins when Redis is back.
  */
 export class RedisBus implements Bus {
-  readonly instanceId = randomUUID();
+  readonly instanceId: string;
+  private sampled = 0;
   private readonly local: MemoryBus;
   /** the turn each conversation this instance publishes is in, and its last seq */
   private readonly publishing = new Map<string, { turnId: string; lastSeq: number }>();
@@ -99,7 +100,12 @@ export class RedisBus implements Bus {
    */
   constructor(private readonly redis: Client, sub: Client, private readonly opts: {
     prefix: string; replayTtl: number; now?: () => number; onError?: (err: unknown) => void;
+    /** an event's round trip to the shared log, in seconds (one in 16 is timed) */
+    onStored?: (seconds: number) => void;
+    /** this instance, as the other instances see it */
+    instanceId?: string;
   }) {
+    this.instanceId = opts.instanceId ?? randomUUID();
     const now = opts.now ?? Date.now;
     this.local = new MemoryBus(now);
     this.sub = sub;
@@ -140,7 +146,14 @@ export class RedisBus implements Bus {
     }
     const text = JSON.stringify(event);
     // the log first: a watcher whose subscription is confirmed after this PUBLISH finds the event by replaying
-    this.redis.xadd(log, 'MAXLEN', '~', LOG_MAX, `${event.seq}-0`, 'e', text).catch((err: unknown) => this.fail(err));
+    const stored = this.redis.xadd(log, 'MAXLEN', '~', LOG_MAX, `${event.seq}-0`, 'e', text);
+    const onStored = this.opts.onStored;
+    if (onStored && (++this.sampled & 15) === 0) {
+      const started = performance.now();
+      stored.then(() => onStored((performance.now() - started) / 1000), (err: unknown) => this.fail(err));
+    } else {
+      stored.catch((err: unknown) => this.fail(err));
+    }
     this.redis.publish(channel, `${this.instanceId}|${text}`).catch((err: unknown) => this.fail(err));
   }
 

@@ -16,7 +16,7 @@ import type { RateLimiter } from './rate-limiter.ts';
 import type { RunStore } from './run-store.ts';
 import { Targets, type ChatTarget, type TargetOptions } from './targets.ts';
 import type { TurnControl } from './turn-control.ts';
-import { TurnRegistry, type TurnStarted } from './turn-registry.ts';
+import { TurnRegistry, type TurnObserver, type TurnStarted } from './turn-registry.ts';
 import { TurnSeqs } from './turn-seqs.ts';
 import { TurnSweeper } from './turn-sweeper.ts';
 import { WorkflowSegments } from './workflow-segments.ts';
@@ -56,13 +56,15 @@ export class ChatService implements TurnControl {
     instanceId: string;
     /** whether other instances may run turns of this database (a shared bus): else every running turn found at start is a dead one */
     shared: boolean;
+    /** counts turns (metrics) */
+    observer?: TurnObserver | undefined;
     log?: { error(obj: object, msg: string): void; warn?(obj: object, msg: string): void };
   }) {
     const { config, repos, bus, clock, log } = deps;
     this.targets = new Targets(deps);
     const owner = { id: deps.instanceId, leaseMs: config.chat.turn_lease * 1000, clock };
     this.seqs = new TurnSeqs(repos.conversations, owner);
-    this.turns = new TurnRegistry({ bus, seqs: this.seqs, replayTtl: config.chat.replay_ttl, log });
+    this.turns = new TurnRegistry({ bus, seqs: this.seqs, clock, observer: deps.observer, replayTtl: config.chat.replay_ttl, log });
     this.sweeper = new TurnSweeper({ repos, bus, turns: this.turns, seqs: this.seqs, owner, replayTtl: config.chat.replay_ttl, log });
     this.sweeper.start({ all: !deps.shared });
     this.clientIds = deps.clientIds;
@@ -84,6 +86,11 @@ export class ChatService implements TurnControl {
 
   isRunning(key: string): boolean {
     return this.turns.isRunning(key);
+  }
+
+  /** Turns running on this instance now. */
+  get running(): number {
+    return this.turns.size;
   }
 
   /** Starts a turn. Throws 10413 (too long), 10429 (rate), 10409 (one is running), 10400. */

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Bus } from '../bus/bus.ts';
+import type { Clock } from '../domain/clock.ts';
 import { AppError, toAppError } from '../domain/errors.ts';
 import type { ChatEventBody } from '../domain/events.ts';
 import type { TurnSeqs } from './turn-seqs.ts';
@@ -33,6 +34,21 @@ export interface TurnPlan {
   work: TurnWork;
 }
 
+/** How a turn went, for whoever counts turns (metrics). */
+export interface TurnOutcome {
+  outcome: 'finished' | 'failed' | 'stopped';
+  durationMs: number;
+  /** from the turn's begin to its first text delta; null: it streamed none */
+  firstDeltaMs: number | null;
+  /** text deltas published (a delta may carry several of the model's tokens) */
+  deltas: number;
+}
+
+export interface TurnObserver {
+  started(): void;
+  ended(turn: TurnOutcome): void;
+}
+
 /** A turn between `begin` and its end, as its preparation and its work see it. */
 export interface Turn {
   readonly key: string;
@@ -61,6 +77,8 @@ export class TurnRegistry {
   constructor(private readonly deps: {
     bus: Bus;
     seqs: TurnSeqs;
+    clock: Clock;
+    observer?: TurnObserver | undefined;
     /** chat.replay_ttl, seconds */
     replayTtl: number;
     log?: { error(obj: object, msg: string): void } | undefined;
@@ -72,6 +90,10 @@ export class TurnRegistry {
 
   isRunning(key: string): boolean {
     return this.running.has(key);
+  }
+
+  get size(): number {
+    return this.running.size;
   }
 
   /** The chat ids of the stored conversations whose turns run here. */
@@ -151,13 +173,21 @@ export class TurnRegistry {
 
   /** begin, the work, an error if it threw, close; then the seqs are settled and the key released. */
   private async drive(turn: RunningTurn, plan: TurnPlan): Promise<void> {
-    const { bus, seqs } = this.deps;
+    const { bus, seqs, clock, observer } = this.deps;
     const { ids, floor, work } = plan;
     let seq = typeof floor === 'number' ? floor : 0;
     let held: ChatEventBody[] | null = typeof floor === 'number' ? null : [];
+    const startedAt = clock.now();
+    let firstDeltaAt = 0;
+    let deltas = 0;
+    let failed = false;
     const publish = (body: ChatEventBody) => {
+      if (body.kind === 'delta' || body.kind === 'node_delta') {
+        if (deltas++ === 0) firstDeltaAt = clock.now();
+      } else if (body.kind === 'error') failed = true;
       bus.publish({ seq: ++seq, key: turn.key, chatId: ids.chatId ?? '', turnId: turn.turnId, flowId: ids.flowId, userId: ids.userId, body });
     };
+    observer?.started();
     const emit: TurnEmit = (body) => {
       if (held) held.push(body);
       else publish(body);
@@ -192,6 +222,10 @@ export class TurnRegistry {
       } else {
         await seqs.abandon(turn.turnId).catch(() => undefined);
       }
+      observer?.ended({
+        outcome: failed ? 'failed' : turn.signal.aborted ? 'stopped' : 'finished',
+        durationMs: clock.now() - startedAt, firstDeltaMs: deltas ? firstDeltaAt - startedAt : null, deltas,
+      });
     }
   }
 }

@@ -25,6 +25,9 @@ export const dataEvent = (data: string): string => `data: ${data}\n\n`;
  * hooks set on it, the request id among them; the response hooks and the request log still run):
  * a stream handed to `reply.send()` costs a pipe and a Buffer per event (docs/decisions.md).
  */
+/** Streams of this process now open (the /metrics gauge of SSE connections). */
+export const sseStreams = { open: 0 };
+
 export class SseStream {
   private isOpen = false;
   private timer: NodeJS.Timeout | undefined;
@@ -39,6 +42,7 @@ export class SseStream {
     // it may have gone while the route was still awaiting something
     if (isClientGone(reply)) this.lost();
     this.arm(opts.heartbeatMs);
+    sseStreams.open++;
   }
 
   private lost(): void {
@@ -105,6 +109,7 @@ export class SseStream {
   }
 
   private stop(): void {
+    if (!this.done) sseStreams.open--;
     this.done = true;
     clearTimeout(this.timer);
   }

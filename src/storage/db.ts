@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
-import { Kysely, PostgresDialect, sql } from 'kysely';
+import { Kysely, PostgresDialect, sql, type CompiledQuery, type KyselyConfig } from 'kysely';
 import pg from 'pg';
 import { executeDirectly } from './prepared.ts';
 import { GroupCommitSqliteDialect } from './sqlite-driver.ts';
@@ -28,6 +28,8 @@ export interface DbOptions {
    * pool's 'error' event would end the process.
    */
   onIdleError?: (err: Error) => void;
+  /** how long each statement took, issue to result (metrics) */
+  onQuery?: (seconds: number) => void;
 }
 
 // PostgreSQL COUNT/SUM return int8/numeric as strings; every count here fits in a JS number.
@@ -36,7 +38,8 @@ pg.types.setTypeParser(1700, (v) => Number(v));
 
 export function openDb(options: DbOptions): Db {
   if (options.url) {
-    const pool = new pg.Pool({ connectionString: options.url, max: 10 });
+    // a PostgreSQL that does not accept connections fails requests within seconds (10500), not never
+    const pool = new pg.Pool({ connectionString: options.url, max: 10, connectionTimeoutMillis: 5000 });
     pool.on('error', (err) => options.onIdleError?.(err));
     // pool.end() resolves once every connection is asked to end, before their sockets close: count
     // them until 'remove' so close() returns when the server has really let them go
@@ -46,7 +49,7 @@ export function openDb(options: DbOptions): Db {
     pool.on('remove', () => {
       if (--open === 0) allClosed?.();
     });
-    const kysely = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+    const kysely = new Kysely<Database>({ dialect: new PostgresDialect({ pool }), log: queryLog(options) });
     return {
       kysely,
       dialect: 'postgres',
@@ -71,8 +74,17 @@ export function openDb(options: DbOptions): Db {
   sqlite.pragma('foreign_keys = ON');
   sqlite.pragma('busy_timeout = 5000');
   const dialect = new GroupCommitSqliteDialect(sqlite);
-  const kysely = new Kysely<Database>({ dialect });
-  executeDirectly(kysely as Kysely<never>, (query) => dialect.execute(query));
+  const kysely = new Kysely<Database>({ dialect, log: queryLog(options) });
+  const timed = options.onQuery;
+  executeDirectly(kysely as Kysely<never>, timed
+    ? <R>(query: CompiledQuery) => {
+      const started = performance.now();
+      return dialect.execute<R>(query).then((r) => {
+        timed((performance.now() - started) / 1000);
+        return r;
+      });
+    }
+    : <R>(query: CompiledQuery) => dialect.execute<R>(query));
   return {
     kysely,
     dialect: 'sqlite',
@@ -83,3 +95,8 @@ export function openDb(options: DbOptions): Db {
 }
 
 export const now = (): string => new Date().toISOString();
+
+function queryLog(options: DbOptions): KyselyConfig['log'] {
+  const timed = options.onQuery;
+  return timed ? (event) => { if (event.level === 'query') timed(event.queryDurationMillis / 1000); } : undefined;
+}

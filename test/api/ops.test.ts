@@ -3,7 +3,11 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { loadConfig } from '../../src/config/config.ts';
 import { createServer, listen } from '../../src/server.ts';
+import { newChatId } from '../helpers/apps.ts';
+import { demoApp } from '../helpers/seed.ts';
 import { ADMIN_PASSWORD, Api, dbTargets, startServer, type TestServer } from '../helpers/server.ts';
+import { eventually } from '../helpers/wait.ts';
+import { WsClient } from '../helpers/ws-client.ts';
 
 describe.each(dbTargets())('operations endpoints on $name', (target) => {
   let server: TestServer;
@@ -24,6 +28,28 @@ describe.each(dbTargets())('operations endpoints on $name', (target) => {
     const text = await res.text();
     expect(text).toMatch(/parley_http_requests_total\{method="GET",status="200"\} \d+/);
     expect(text).toContain('parley_db_ping_seconds');
+  });
+
+  it('/metrics counts turns, their first delta and duration, open connections and database statements', async () => {
+    const admin = await new Api(server.url).login('admin', ADMIN_PASSWORD);
+    const app = (await demoApp(server, 'chat')).id;
+    const metric = async (pattern: RegExp) => Number(pattern.exec(await (await fetch(`${server.url}/metrics`)).text())?.[1] ?? 'NaN');
+    const before = await metric(/^parley_turns_ended_total\{outcome="finished"\} (\d+)$/m) || 0;
+    const ws = await WsClient.connect(server.url, `/api/v1/chat/${app}?chat_id=${newChatId()}`, { token: admin.token });
+    ws.send({ inputs: { input: 'count me' } });
+    await ws.turn(0);
+    expect(await metric(/^parley_connections_open\{transport="websocket"\} (\d+)$/m)).toBe(1);
+    expect(await metric(/^parley_turns_started_total (\d+)$/m)).toBeGreaterThanOrEqual(1);
+    expect(await metric(/^parley_turns_ended_total\{outcome="finished"\} (\d+)$/m)).toBe(before + 1);
+    expect(await metric(/^parley_turn_first_delta_seconds_count (\d+)$/m)).toBeGreaterThanOrEqual(1);
+    expect(await metric(/^parley_turn_duration_seconds_count (\d+)$/m)).toBeGreaterThanOrEqual(1);
+    expect(await metric(/^parley_deltas_streamed_total (\d+)$/m)).toBeGreaterThan(0);
+    expect(await metric(/^parley_db_query_seconds_count (\d+)$/m)).toBeGreaterThan(0);
+    expect(await metric(/^parley_turns_running (\d+)$/m)).toBe(0);
+    expect(await metric(/^parley_nodejs_eventloop_lag_seconds (\S+)$/m)).toBeGreaterThanOrEqual(0);
+    ws.close();
+    await ws.waitClose();
+    await eventually(async () => ((await metric(/^parley_connections_open\{transport="websocket"\} (\d+)$/m)) === 0 ? true : undefined), 'the socket to be counted out');
   });
 
   it('unknown paths answer 404 in the envelope, never 500', async () => {

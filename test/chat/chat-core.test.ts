@@ -166,7 +166,7 @@ describe('the chat core, without a server', () => {
     bus.subscribe(chatId, (e) => watcher.push(e));
     await expect(chat.ask({ principal: alice, target: await target(alice, 'chat', chatId), text: 'third', inputs: { input: 'third' } })).rejects.toMatchObject({ code: 'conflict' });
 
-    const turns = new TurnRegistry({ bus, seqs: new TurnSeqs(repos.conversations, { id: 'sweeper', leaseMs: 30_000, clock }), replayTtl: 60 });
+    const turns = new TurnRegistry({ bus, seqs: new TurnSeqs(repos.conversations, { id: 'sweeper', leaseMs: 30_000, clock }), clock, replayTtl: 60 });
     const sweeper = new TurnSweeper({ repos, bus, turns, seqs: new TurnSeqs(repos.conversations, { id: 'sweeper', leaseMs: 30_000, clock }), owner: { id: 'sweeper', leaseMs: 30_000, clock }, replayTtl: 60 });
     expect(await sweeper.sweep(false)).toBe(0);
     clock.advance(30_001);

@@ -106,6 +106,8 @@ describe.runIf(redis && postgres)('what instances share in Redis', { timeout: 60
     const { a, token, app } = await pair(mock, own.url);
     const health = async () => (await fetch(`${a.url}/health`)).json() as Promise<{ status: string; redis?: { ok: boolean } }>;
     expect(await health()).toMatchObject({ status: 'ok', redis: { ok: true } });
+    const redisUp = async () => /^parley_redis_up (\d)$/m.exec(await (await fetch(`${a.url}/metrics`)).text())?.[1];
+    expect(await redisUp()).toBe('1');
     const chatId = newChatId();
     const ws = await connect(a, app, token, chatId);
     onTestFinished(() => ws.close());
@@ -114,6 +116,7 @@ describe.runIf(redis && postgres)('what instances share in Redis', { timeout: 60
 
     await own.stop();
     await eventually(async () => ((await health()).status === 'degraded' ? true : undefined), 'degraded');
+    expect(await redisUp()).toBe('0');
     const from = ws.frames.length;
     ws.send({ inputs: { input: 'while Redis is away' } });
     expect(kinds(await ws.turn(from))).toContain('answer/end_cover');

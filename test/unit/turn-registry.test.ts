@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { MemoryBus } from '../../src/bus/memory-bus.ts';
-import { TurnRegistry, type TurnPlan } from '../../src/chat/turn-registry.ts';
+import { TurnRegistry, type TurnOutcome, type TurnPlan } from '../../src/chat/turn-registry.ts';
 import { TurnSeqs } from '../../src/chat/turn-seqs.ts';
 import { AppError } from '../../src/domain/errors.ts';
 import type { ChatEvent } from '../../src/domain/events.ts';
@@ -32,11 +32,12 @@ function setup() {
       return reserved.has(chatId) ? ({ chat_id: chatId } as never) : undefined;
     },
   }, { id: 'instance', leaseMs: 30_000, clock: { now: () => 0 } });
-  const turns = new TurnRegistry({ bus, seqs, replayTtl: 60 });
+  const outcomes: TurnOutcome[] = [];
+  const turns = new TurnRegistry({ bus, seqs, clock: { now: () => 0 }, observer: { started: () => undefined, ended: (t) => outcomes.push(t) }, replayTtl: 60 });
   const events: ChatEvent[] = [];
   bus.subscribe(CHAT, (e) => events.push(e));
   const kinds = () => events.map((e) => e.body.kind);
-  return { bus, seqs, turns, events, kinds, settled };
+  return { bus, seqs, turns, events, kinds, settled, outcomes };
 }
 
 /** A plan whose work emits one delta and waits for `release` (or the turn's stop). */
@@ -124,12 +125,17 @@ describe('TurnRegistry', () => {
     expect(events.at(-1)!.body).toEqual({ kind: 'close', extra: { stopped: true } });
   });
 
-  it('a work that throws ends with an error event, then close', async () => {
-    const { turns, kinds, events } = setup();
+  it('a work that throws ends with an error event, then close; the observer counts each outcome once', async () => {
+    const { turns, kinds, events, outcomes } = setup();
     await turns.begin(CHAT, async () => ({ ids, floor: 0, work: async () => { throw new AppError('upstream_timeout', 'slow model'); } }));
     await turns.settled(CHAT);
     expect(kinds()).toEqual(['begin', 'error', 'close']);
     expect(events[1]!.body).toMatchObject({ code: 'upstream_timeout', message: 'slow model' });
+    await turns.begin(CHAT, async (turn) => gatedPlan(turn.signal, 10).plan);
+    await turns.stopLocal(CHAT);
+    await turns.begin(CHAT, async () => ({ ids, floor: 20, work: async (emit) => emit({ kind: 'delta', content: 'x', reasoning: '' }) }));
+    await turns.settled(CHAT);
+    expect(outcomes.map((o) => [o.outcome, o.deltas, o.firstDeltaMs])).toEqual([['failed', 0, null], ['stopped', 1, 0], ['finished', 1, 0]]);
   });
 
   it('shutdown stops the running turns and refuses new ones (10503)', async () => {

@@ -312,7 +312,11 @@ describe('the public wire is byte-for-byte what it was', () => {
     const post = (body: unknown, headers: Record<string, string> = {}) => http(t, 'POST', '/v1/chat/completions', { body, headers: { ...auth, ...headers } });
     // bob's conversation, which alice's key may not use
     await http(new Transcript(fixed), 'POST', `/api/v1/chat/${apps.chat}/completions`, { body: { inputs: { input: 'mine' }, chat_id: chatIdOf(14) }, token: bob.token });
-    await http(t, 'GET', '/v1/models', { headers: auth });
+    // apps updated in the same millisecond (the seeded ones) are listed in the order of their random ids: shown by name
+    const models = new Transcript(fixed);
+    const list = JSON.parse(await http(models, 'GET', '/v1/models', { headers: auth })) as { data: Array<{ name: string }> };
+    list.data.sort((x, y) => x.name.localeCompare(y.name));
+    t.add(`>> GET /v1/models (auth)\n<< 200 content-type: application/json; charset=utf-8 (data sorted by name)\n${JSON.stringify(list)}`);
     await http(t, 'GET', `/v1/models/${apps.chat}`, { headers: auth });
     await http(t, 'GET', '/v1/models/nope', { headers: auth });
     await post({ model: apps.chat, messages: [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hi?' }] });

@@ -160,4 +160,25 @@ describe.runIf(redis && postgres)('several instances on PostgreSQL and Redis', {
     expect(next[0]!.seq).toBeGreaterThan(onB.frames[from - 1]!.seq!);
     await eventually(async () => ((await history()).length === 4 ? true : undefined), 'the next answer stored');
   });
+
+  it('a graceful stop of an instance mid-turn: the partial answer stored, sockets closed with 1001; the client resumes on another instance', async () => {
+    const leaving = await deployment.start();
+    const chatId = newChatId();
+    const ws = await connect(leaving, chatId);
+    mock.enqueue({ text: tokens(400), delayMs: 20 });
+    ws.send({ inputs: { input: 'a long answer' } });
+    await ws.until((f) => f.filter((x) => x.type === 'stream').length >= 3, 10_000, 'deltas');
+    const exit = deployment.stop(leaving);
+    expect(await ws.waitClose()).toEqual({ code: 1001, reason: 'going away' });
+    expect(await exit).toBe(0);
+    // the turn ended before its socket was closed
+    expect(kinds(ws.frames).slice(-2)).toEqual(['answer/end', 'processing/close']);
+    const from = ws.frames.find((f) => f.type === 'stream')!.seq!;
+    const onB = await WsClient.connect(b.url, `/api/v1/chat/${chatApp}?chat_id=${chatId}&last_seq=${from}`, { token });
+    sockets.push(onB);
+    await onB.until((f) => f.some(isClose), 10_000, 'the replayed close');
+    expect(seqs(onB.frames.slice(1))).toEqual(seqs(ws.frames.filter((f) => f.seq! > from)));
+    const history = (await new Api(b.url).call('GET', `/api/v1/chat/history?chat_id=${chatId}&page_size=50`, { token })).body.data as Array<{ category: string; remark: string }>;
+    expect(history.filter((m) => m.category === 'answer').map((m) => m.remark)).toEqual(['break_answer']);
+  });
 });

@@ -174,14 +174,20 @@ function schemaAt(path: string[]): TSchema | undefined {
   return node;
 }
 
-function envOverrides(env: NodeJS.ProcessEnv, problems: string[]): Obj {
+/** Variables read as they are, outside the settings (the config file's name, the default model's endpoint). */
+const OTHER_ENV = new Set(['PARLEY_CONFIG', 'PARLEY_LLM_BASE_URL', 'PARLEY_LLM_API_KEY', 'PARLEY_LLM_MODEL']);
+
+function envOverrides(env: NodeJS.ProcessEnv, problems: string[], warnings: string[]): Obj {
   const out: Obj = {};
   for (const [name, raw] of Object.entries(env)) {
-    if (raw === undefined || !name.startsWith('PARLEY_')) continue;
+    if (raw === undefined || !name.startsWith('PARLEY_') || OTHER_ENV.has(name)) continue;
     let path = DIRECT_ENV[name];
     if (!path) {
       const m = /^PARLEY_([A-Z0-9]+)__([A-Z0-9_]+)$/.exec(name);
-      if (!m) continue;
+      if (!m) {
+        warnings.push(`unknown environment variable ${name} (ignored; settings are PARLEY_<SECTION>__<KEY>)`);
+        continue;
+      }
       path = [m[1]!.toLowerCase(), m[2]!.toLowerCase()];
     }
     try {
@@ -263,7 +269,7 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
     }
   }
 
-  let merged = mergeDeep(fromFile, envOverrides(env, problems));
+  let merged = mergeDeep(fromFile, envOverrides(env, problems, warnings));
   if (options.overrides) merged = mergeDeep(merged, options.overrides as Obj);
   unknownKeys(merged, ConfigSchema, '', warnings);
   merged = stripUnknown(merged, ConfigSchema) as Obj;

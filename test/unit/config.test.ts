@@ -52,8 +52,9 @@ describe('config', () => {
   });
 
   it('warns about unknown keys and ignores them', () => {
-    const { config, warnings } = loadConfig({ file: null, env: { PARLEY_CHAT__MAX_MESAGE_LENGTH: '5' }, overrides: { nope: { x: 1 } } as never });
-    expect(warnings).toEqual(expect.arrayContaining([expect.stringContaining('chat.max_mesage_length'), expect.stringContaining('nope')]));
+    const { config, warnings } = loadConfig({ file: null, env: { PARLEY_CHAT__MAX_MESAGE_LENGTH: '5', PARLEY_REDIS: 'redis://x', PARLEY_LLM_MODEL: 'm' }, overrides: { nope: { x: 1 } } as never });
+    expect(warnings).toEqual(expect.arrayContaining([expect.stringContaining('chat.max_mesage_length'), expect.stringContaining('nope'), expect.stringContaining('PARLEY_REDIS ')]));
+    expect(warnings.join()).not.toContain('PARLEY_LLM_MODEL');
     expect(config.chat.max_message_length).toBe(10000);
     expect('nope' in config).toBe(false);
   });

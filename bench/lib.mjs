@@ -104,10 +104,13 @@ export function procWatcher(pid, intervalMs = 100) {
   let peak = 0;
   let timer;
   let t0;
+  const pids = Array.isArray(pid) ? pid : [pid];
   const tick = () => {
-    if (!pid) return;
-    const s = procSample(pid);
-    if (!s) return;
+    if (!pids[0]) return;
+    const all = pids.map((p) => procSample(p));
+    if (all.some((x) => !x)) return;
+    // several processes (instances): their CPU summed, the first one's memory
+    const s = { ...all[0], cpuMs: all.reduce((n, x) => n + x.cpuMs, 0) };
     if (!first) first = s;
     last = s;
     if (s.rss > peak) peak = s.rss;

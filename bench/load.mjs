@@ -19,7 +19,10 @@
 //   message      WS message kind: 'parley' ({"inputs":{"input":..}}) | 'relay' ({"content":..})
 //   model, headers, concurrency, requests, warmup, durationS [120], timeoutS [60]
 //   expectTokens [200], token [" tok"]   what every answer must be: token × expectTokens
-//   pid          server PID to sample (RSS, CPU time) during the measured phase
+//   pid          server PID to sample (RSS, CPU time) during the measured phase; `pids`: several (their CPU is summed, RSS is the first's)
+//   urls         WS only: several URLs, client w asks through urls[w % n] (several instances)
+//   watchUrls    WS only: client w also watches its conversation through watchUrls[w % n] (another instance): every
+//                turn must reach the watcher whole; `busLatencyMs` is when the watcher got each token minus when the asker did
 //   mockUrl      the mock's base URL: tagged turns' token timestamps are fetched from it (POST /mock/ts)
 //   sampleTurns  [300] turns tagged for per-token latency
 //   idle, holdS [10], ramp [500], warmIdle [100]   idle mode
@@ -33,7 +36,7 @@ const cfg = {
   durationS: 120, timeoutS: 60, expectTokens: 200, token: ' tok', sampleTurns: 300, holdS: 10, ramp: 500, warmIdle: 100, headers: {},
   ...JSON.parse(process.argv[2] || '{}'),
 };
-assertLoopback(cfg.url.replace(/^ws/, 'http'));
+for (const u of [cfg.url, ...(cfg.urls ?? []), ...(cfg.watchUrls ?? [])]) assertLoopback(u.replace(/^ws/, 'http'));
 const C = Number(cfg.concurrency || 1);
 const N = Number(cfg.requests ?? 3 * C);
 const W = Number(cfg.warmup ?? Math.min(C, 10));
@@ -144,9 +147,9 @@ function question(i, tag) {
 
 // ---- WebSocket ----
 const wsOpts = { perMessageDeflate: false, headers: cfg.headers, handshakeTimeout: 30_000, maxPayload: 64 * 1024 * 1024 };
-function connect() {
+function connect(url = cfg.url.replace('{{chat}}', hex32())) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(cfg.url.replace('{{chat}}', hex32()), wsOpts);
+    const ws = new WebSocket(url, wsOpts);
     ws.once('open', () => { ws.off('error', reject); ws.on('error', () => {}); resolve(ws); });
     ws.once('close', (code, reason) => { ws.closeInfo = `${code} ${reason}`; });
     ws.once('error', reject);
@@ -160,23 +163,73 @@ function connect() {
 async function openMany(n, ramp) {
   const socks = [];
   const errs = {};
+  const fail = (e) => { const k = e.code || e.message; errs[k] = (errs[k] || 0) + 1; };
   for (let i = 0; i < n; i += ramp) {
     const batch = [];
     for (let j = i; j < Math.min(n, i + ramp); j++) {
-      batch.push(connect().then((s) => socks.push(s), (e) => { const k = e.code || e.message; errs[k] = (errs[k] || 0) + 1; }));
+      const chat = hex32();
+      const asks = cfg.urls ? cfg.urls[j % cfg.urls.length] : cfg.url;
+      batch.push(connect(asks.replace('{{chat}}', chat)).then(async (s) => {
+        // a client whose watcher could not connect does not run: every turn it runs is watched
+        if (cfg.watchUrls) s.watcher = await settled(await connect(cfg.watchUrls[j % cfg.watchUrls.length].replace('{{chat}}', chat))).catch((e) => { s.terminate(); throw e; });
+        socks[j] = s;
+      }).catch(fail));
     }
     await Promise.all(batch);
   }
-  return { socks, errs };
+  return { socks: socks.filter(Boolean), errs };
+}
+
+/** A watcher is ready once its ping is answered: its instance watches the conversation from then on. */
+function settled(ws) {
+  return new Promise((resolve, reject) => {
+    const to = setTimeout(() => reject(new Error('watcher: no pong')), 10_000);
+    const onMsg = (d) => {
+      if (!d.toString().includes('"pong"')) return;
+      ws.off('message', onMsg); clearTimeout(to); resolve(ws);
+    };
+    ws.on('message', onMsg);
+    ws.send(JSON.stringify({ action: 'ping' }));
+  });
+}
+
+/** What a watcher gets of one turn: verified like the asker's, with every token's receive time. */
+function watchTurn(ws) {
+  return new Promise((resolve) => {
+    const chk = new Check('parley-ws');
+    const recv = [];
+    const onMsg = (data) => {
+      const piece = chk.feed(data.toString());
+      const t = nowMs();
+      for (let k = 0; k < piece.length / TL; k++) recv.push(t);
+      if (chk.done || chk.err) finish(null);
+    };
+    const finish = (err) => {
+      ws.off('message', onMsg); clearTimeout(to);
+      resolve({ err: err || chk.finish(), recv });
+    };
+    const to = setTimeout(() => finish('watcher: turn timeout'), cfg.timeoutS * 1000);
+    ws.on('message', onMsg);
+  });
 }
 function wsMessage(i, tag) {
   const q = question(i, tag);
   return cfg.message === 'parley' ? JSON.stringify({ inputs: { input: q } }) : JSON.stringify({ content: q });
 }
-function wsTurn(ws, i, rec, tag, signal) {
+async function wsTurn(ws, i, rec, tag, signal) {
+  if (!ws.watcher) return askTurn(ws, i, rec, tag, signal);
+  const watched = watchTurn(ws.watcher);
+  const r = await askTurn(ws, i, rec, tag, signal, true);
+  const w = await watched;
+  if (r.ok && w.err) return { ...r, ok: false, err: `watcher: ${w.err}` };
+  if (rec && r.ok) for (let k = 0; k < Math.min(w.recv.length, r.recv.length); k++) rec.bus.push(w.recv[k] - r.recv[k]);
+  return r;
+}
+
+function askTurn(ws, i, rec, tag, signal, keepRecv = false) {
   return new Promise((resolve) => {
     const chk = new Check(cfg.format);
-    const s = turnState(rec, tag);
+    const s = turnState(rec, tag || keepRecv);
     let settled = false;
     const finish = (err) => {
       if (settled) return;
@@ -318,8 +371,8 @@ async function streamMode() {
   const warmupOk = warm.results.filter((r) => r.ok).length;
   const warmupErrors = {};
   for (const r of warm.results) if (!r.ok) warmupErrors[r.err] = (warmupErrors[r.err] || 0) + 1;
-  const rec = { tokens: 0, gap: new Reservoir() };
-  const watch = procWatcher(cfg.pid);
+  const rec = { tokens: 0, gap: new Reservoir(), bus: new Reservoir() };
+  const watch = procWatcher(cfg.pids ?? cfg.pid);
   watch.start();
   const sampleEvery = Math.max(1, Math.ceil(N / cfg.sampleTurns));
   const monoStart = nowMs();
@@ -344,6 +397,7 @@ async function streamMode() {
     durationMs: summarize(ok.map((r) => r.dur)),
     interTokenGapMs: summarize(rec.gap.a),
     tokenLatencyMs: summarize(lat),
+    busLatencyMs: cfg.watchUrls ? summarize(rec.bus.a) : null,
     firstTokenLatencyMs: summarize(first),
     // time to first token at the edges (tagged turns): way in, the mock's own time, way in + way back
     inboundMs: summarize(inbound),
@@ -354,7 +408,7 @@ async function streamMode() {
     monoStart, monoEnd, // CLOCK_MONOTONIC ms of the measured phase (to cut a server's CPU profile to it)
     when: new Date().toISOString(),
   };
-  for (const s of socks) s.terminate();
+  for (const s of socks) { s.watcher?.terminate(); s.terminate(); }
   agent.destroy();
   return out;
 }

@@ -34,7 +34,7 @@ const PROFILE = env.BENCH_PROFILE === '1';
 const PROFILE_PROTO = env.BENCH_PROFILE_PROTO === 'sse' ? 'sse' : 'ws'; // which transport the profile phase loads
 const PROFILE_RELAY = PROFILE_PROTO === 'sse' ? 'SSE' : 'ws';
 const PROFILE_STREAMS = PROFILE_PROTO === 'sse' ? 'OpenAI SSE' : 'WebSocket';
-const PHASES = new Set((env.BENCH_PHASES || 'stream,saturation,idle,turns').split(',').map((s) => s.trim()).filter(Boolean));
+const PHASES = new Set((env.BENCH_PHASES || 'stream,saturation,idle,turns,scale').split(',').map((s) => s.trim()).filter(Boolean));
 if (PROFILE) PHASES.add('profile');
 const IDLE_N = Number(env.BENCH_IDLE ?? (QUICK ? 2000 : 10_000));
 const PG_URL = env.BENCH_PG_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -48,8 +48,8 @@ const JSONL = path.join(OUT, `results-${STAMP}.jsonl`);
 
 /** The matrix. Turns per measured phase by concurrency; warmup = min(C, 10). */
 const PLAN = QUICK
-  ? { stream: [[1, 3], [100, 200]], saturation: [[1, 10], [100, 200]], turns: { c: 50, n: 300 }, idleHoldS: 11, profileTurns: 300 }
-  : { stream: [[1, 5], [100, 300], [1000, 1500]], saturation: [[1, 20], [100, 400]], turns: { c: 50, n: 1500 }, idleHoldS: 11, profileTurns: 800 };
+  ? { stream: [[1, 3], [100, 200]], saturation: [[1, 10], [100, 200]], turns: { c: 50, n: 300 }, scale: [100, 200], idleHoldS: 11, profileTurns: 300 }
+  : { stream: [[1, 5], [100, 300], [1000, 1500]], saturation: [[1, 20], [100, 400]], turns: { c: 50, n: 1500 }, scale: [100, 300], idleHoldS: 11, profileTurns: 800 };
 if (env.BENCH_PLAN) Object.assign(PLAN, JSON.parse(env.BENCH_PLAN)); // e.g. '{"stream":[[100,300]]}' (tuning, tests)
 
 fs.mkdirSync(LOGS, { recursive: true });
@@ -354,30 +354,38 @@ async function idlePhase() {
   }
 }
 
+/** A fresh PostgreSQL database for a phase ({url, drop}), or null (with a note) when PostgreSQL cannot be reached. */
+async function pgDatabase(what) {
+  const { default: pg } = await import('pg');
+  const admin = new pg.Client({ connectionString: PG_URL });
+  try {
+    await admin.connect();
+    const name = `parley_bench_${process.pid}_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 6)}`;
+    await admin.query(`CREATE DATABASE ${name}`);
+    const u = new URL(PG_URL);
+    u.pathname = `/${name}`;
+    return {
+      url: u.toString(),
+      drop: async () => {
+        await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch((e) => log(`  !! could not drop ${name}: ${e.message}`));
+        await admin.end().catch(() => {});
+      },
+    };
+  } catch (e) {
+    notes.push(`PostgreSQL skipped (${what}): ${e.message}`);
+    log(`  !! PostgreSQL skipped (${what}): ${e.message}`);
+    await admin.end().catch(() => {});
+    return null;
+  }
+}
+
 async function turnsPhase() {
   const { c, n } = PLAN.turns;
   log(`phase turns: end-to-end turns/s (question stored → answer stored), ${TURN_TOKENS}-token answers with no delay, ${c} WebSocket clients`);
   const mock = await startMock('mock-turns', { tokens: TURN_TOKENS, delay: 0 });
   mock.tokens = TURN_TOKENS;
-  const dbs = [['sqlite', '']];
-  let pgDb = null;
-  let admin = null;
-  try {
-    const { default: pg } = await import('pg');
-    admin = new pg.Client({ connectionString: PG_URL });
-    await admin.connect();
-    pgDb = `parley_bench_${process.pid}_${Date.now().toString(36)}`;
-    await admin.query(`CREATE DATABASE ${pgDb}`);
-    const u = new URL(PG_URL);
-    u.pathname = `/${pgDb}`;
-    dbs.push(['postgres', u.toString()]);
-  } catch (e) {
-    notes.push(`PostgreSQL skipped: ${e.message}`);
-    log(`  !! PostgreSQL skipped: ${e.message}`);
-    if (admin) await admin.end().catch(() => {});
-    admin = null;
-    pgDb = null;
-  }
+  const pgDb = await pgDatabase('turns');
+  const dbs = [['sqlite', ''], ...(pgDb ? [['postgres', pgDb.url]] : [])];
   try {
     for (const [db, url] of dbs) {
       const parley = await startParley(`parley-turns-${db}`, { mock, databaseUrl: url });
@@ -385,7 +393,7 @@ async function turnsPhase() {
       try {
         for (let run = 1; run <= RUNS; run++) {
           rs.push(await load({
-            proto: 'ws', url: `ws://127.0.0.1:${parley.port}/api/v1/chat/${parley.appId}?chat_id={{chat}}&t=${parley.jwt}`, format: 'parley-ws', message: 'parley',
+            proto: 'ws', url: wsUrl(parley), format: 'parley-ws', message: 'parley',
             concurrency: c, requests: n, warmup: 10, durationS: 150, timeoutS: 60, pid: parley.pid, mockUrl: mock.url, expectTokens: TURN_TOKENS, token: TOKEN, label: `parley-${db}`,
           }, { phase: 'turns', run, db, target: `parley-${db}` }));
         }
@@ -396,10 +404,54 @@ async function turnsPhase() {
     }
   } finally {
     await stop(mock.proc);
-    if (admin) {
-      await admin.query(`DROP DATABASE IF EXISTS ${pgDb} WITH (FORCE)`).catch((e) => log(`  !! could not drop ${pgDb}: ${e.message}`));
-      await admin.end().catch(() => {});
+    await pgDb?.drop();
+  }
+}
+
+const wsUrl = (parley) => `ws://127.0.0.1:${parley.port}/api/v1/chat/${parley.appId}?chat_id={{chat}}&t=${parley.jwt}`;
+
+/**
+ * Scale-out (issue 13), on PostgreSQL: one instance with the Redis bus beside the same instance with
+ * the memory bus; then two instances on one database and one Redis, the clients asking through one
+ * and each conversation watched through the other (every frame must reach both).
+ */
+async function scalePhase() {
+  const [c, n] = PLAN.scale;
+  const redisUrl = env.BENCH_REDIS_URL || 'redis://127.0.0.1:6379';
+  log(`phase scale: PostgreSQL + Redis (${redisUrl}); mock ${TOKENS} tokens, 5 ms apart; ${c} WebSocket streams`);
+  const mock = await startMock('mock-scale', { delay: 5 });
+  mock.tokens = TOKENS;
+  const redisEnv = () => ({ PARLEY_REDIS_URL: redisUrl, PARLEY_SERVER__REDIS_PREFIX: `parley-bench:${process.pid}:${Math.random().toString(36).slice(2, 8)}:` });
+  const common = { proto: 'ws', format: 'parley-ws', message: 'parley', concurrency: c, requests: n, durationS: 150, timeoutS: 60, mockUrl: mock.url, expectTokens: TOKENS, token: TOKEN };
+  try {
+    for (let run = 1; run <= RUNS; run++) {
+      for (const bus of ['memory', 'redis']) {
+        const db = await pgDatabase('scale');
+        if (!db) return;
+        const parley = await startParley(`parley-scale-${bus}`, { mock, databaseUrl: db.url, extraEnv: bus === 'redis' ? redisEnv() : {} });
+        try {
+          const r = await load({ ...common, url: wsUrl(parley), pid: parley.pid, label: `one-${bus}` }, { phase: 'scale', run, target: `one-${bus}` });
+          await checkStored(`scale run ${run} (one instance, ${bus} bus)`, parley, TOKENS, okTurns([r]));
+        } finally {
+          await stop(parley.proc);
+          await db.drop();
+        }
+      }
+      const db = await pgDatabase('scale');
+      if (!db) return;
+      const shared = redisEnv();
+      const a = await startParley('parley-scale-a', { mock, databaseUrl: db.url, extraEnv: shared });
+      const b = await startParley('parley-scale-b', { mock, databaseUrl: db.url, extraEnv: shared });
+      try {
+        const r = await load({ ...common, url: wsUrl(a), urls: [wsUrl(a), wsUrl(b)], watchUrls: [wsUrl(b), wsUrl(a)], pids: [a.pid, b.pid], label: 'two-instances' }, { phase: 'scale', run, target: 'two-instances' });
+        await checkStored(`scale run ${run} (two instances)`, a, TOKENS, okTurns([r]));
+      } finally {
+        await Promise.all([stop(a.proc), stop(b.proc)]);
+        await db.drop();
+      }
     }
+  } finally {
+    await stop(mock.proc);
   }
 }
 
@@ -557,6 +609,43 @@ function turnsTable() {
   return lines.join('\n');
 }
 
+const SCALE_NAME = { 'one-memory': 'one instance, memory bus', 'one-redis': 'one instance, Redis bus', 'two-instances': 'two instances, asked on one, watched on the other' };
+
+function scaleTable() {
+  const rs = rows.filter((r) => r.phase === 'scale');
+  if (!rs.length) return null;
+  const lines = ['| setup | tokens/s (min–max) | server CPU ms / 1k tok | TTFT p50 / p99 ms | token latency p50 / p99 ms | watcher minus asker p50 / p99 ms | failed / turns | runs |', '|---|---:|---:|---:|---:|---:|---:|---:|'];
+  for (const [t, name] of Object.entries(SCALE_NAME)) {
+    const g = rs.filter((r) => r.target === t);
+    if (!g.length) continue;
+    const bus = t === 'two-instances' ? `${fmt(med(g, (r) => r.busLatencyMs?.p50), 2)} / ${fmt(med(g, (r) => r.busLatencyMs?.p99), 2)}` : '—';
+    lines.push(`| ${name} | ${fmt(med(g, (r) => r.tokensPerS), 0)}${rangeOf(g, (r) => r.tokensPerS)} | ${fmt(med(g, (r) => r.cpuMsPer1kTokens))} | ${fmt(med(g, (r) => r.ttftMs.p50))} / ${fmt(med(g, (r) => r.ttftMs.p99))} | ${fmt(med(g, (r) => r.tokenLatencyMs.p50), 2)} / ${fmt(med(g, (r) => r.tokenLatencyMs.p99), 2)} | ${bus} | ${g.reduce((x, r) => x + r.failed + (r.warmup - r.warmupOk), 0)} / ${g.reduce((x, r) => x + r.requests + r.warmup, 0)} | ${g.length} |`);
+  }
+  lines.push('', 'Two instances: CPU is both processes together; every turn is verified twice, by the client that asked and by the one watching through the other instance.');
+  return lines.join('\n');
+}
+
+function scaleTargets() {
+  const out = [];
+  const g = (t) => rows.filter((r) => r.phase === 'scale' && r.target === t);
+  const [mem, red, two] = [g('one-memory'), g('one-redis'), g('two-instances')];
+  if (mem.length && red.length) {
+    const [tm, tr] = [med(mem, (r) => r.tokensPerS), med(red, (r) => r.tokensPerS)];
+    const [cm, cr] = [med(mem, (r) => r.cpuMsPer1kTokens), med(red, (r) => r.cpuMsPer1kTokens)];
+    out.push(['100 streams, Redis bus: tokens/s ≥ 90 % of the memory bus', `${fmt(tr, 0)} vs ${fmt(tm, 0)} = ${fmt((tr / tm) * 100)} %`, tr >= 0.9 * tm]);
+    out.push(['100 streams, Redis bus: CPU per 1k tokens ≤ 1.3× the memory bus', `${fmt(cr)} vs ${fmt(cm)} ms = ${fmt(cr / cm, 2)}×`, cr <= 1.3 * cm]);
+    const bad = [...mem, ...red].reduce((x, r) => x + r.failed + (r.warmup - r.warmupOk), 0);
+    out.push(['one instance, both buses: 0 wrong answers', `${bad} failed`, bad === 0]);
+  }
+  if (two.length) {
+    const bad = two.reduce((x, r) => x + r.failed + (r.warmup - r.warmupOk), 0);
+    out.push(['two instances: every frame delivered to the asker and the watcher', `${bad} failed of ${two.reduce((x, r) => x + r.requests + r.warmup, 0)} turns`, bad === 0]);
+    const p50 = med(two, (r) => r.busLatencyMs?.p50);
+    out.push(['two instances: added token latency p50 through the bus ≤ 2 ms', `${fmt(p50, 2)} ms`, p50 <= 2]);
+  }
+  return ['| target | measured | result |', '|---|---|---|', ...out.map(([n, v, ok]) => `| ${n} | ${v} | ${ok ? 'PASS' : '**FAIL**'} |`)].join('\n');
+}
+
 function targetsTable() {
   const out = [];
   const add = (name, value, pass, ref) => out.push({ name, value, pass, ref });
@@ -689,6 +778,8 @@ function report() {
   if (it) parts.push(`## 3. Memory per idle authenticated WebSocket connection (heartbeat every 5 s, held ${PLAN.idleHoldS} s)`, '', it, '');
   const tt = turnsTable();
   if (tt) parts.push(`## 4. Turns per second end to end (question stored → answer stored): ${TURN_TOKENS}-token answers, no delay, ${PLAN.turns.c} WebSocket clients`, '', tt, '');
+  const st = scaleTable();
+  if (st) parts.push(`## 6. Scale-out on PostgreSQL + Redis: mock ${TOKENS} tokens, 5 ms apart, ${PLAN.scale[0]} WebSocket streams`, '', st, '', '## Targets (issue 13)', '', scaleTargets(), '');
   parts.push('## Targets (issue 6)', '', targetsTable(), '');
   parts.push('## 5. Verification failures', '', failuresText(), '');
   if (profileSummary) parts.push(`## CPU profile: Parley, 100 ${PROFILE_STREAMS} streams`, '', profileMarkdown(profileSummary, relayProfile));
@@ -729,6 +820,7 @@ async function main() {
     ['saturation', () => streamPhase('saturation', 0, PLAN.saturation)],
     ['idle', idlePhase],
     ['turns', turnsPhase],
+    ['scale', scalePhase],
     ['profile', profilePhase],
   ];
   for (const [name, fn] of phases) {

@@ -13,7 +13,7 @@ import { MemoryRateLimiter } from './chat/rate-limiter.ts';
 import { DatabaseRunStore, MemoryRunStore } from './chat/run-store.ts';
 import { MemoryBus } from './bus/memory-bus.ts';
 import { RedisBus } from './bus/redis-bus.ts';
-import { connectRedis, whenReady, type RedisClient } from './redis/connect.ts';
+import { connectRedis, parseRedisUrl, whenReady, type RedisClient } from './redis/connect.ts';
 import { RedisClientIds, RedisConnectionCounter, RedisRateLimiter } from './redis/redis-limits.ts';
 import { systemClock, type Clock } from './domain/clock.ts';
 import { AssistantRuntime } from './runtimes/assistant-runtime.ts';
@@ -125,6 +125,7 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
   const bus = opts.bus ?? (redis
     ? new RedisBus(redis.client, redis.sub, {
       prefix: config.server.redis_prefix, replayTtl: config.chat.replay_ttl, now: () => clock.now(), instanceId,
+      cluster: parseRedisUrl(config.server.redis_url).kind === 'cluster',
       onError: (err) => logger.debug({ err }, 'bus: Redis command failed'), onStored: (seconds) => metrics.busPublish.observe(seconds),
     })
     : new MemoryBus(() => clock.now()));

@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
 import type { ChatEvent } from '../domain/events.ts';
 import type { Bus, ControlMessage, Unsubscribe } from './bus.ts';
@@ -14,36 +14,51 @@ const LOG_SLACK_MS = 60_000;
 const META_TTL_MS = 86_400_000;
 
 /**
- * A new turn's log starts: the last finished turn is kept while its replay ttl lasts, anything
- * older is trimmed; the log then covers every seq from `floor` on.
- * KEYS: log, meta. ARGV: first seq of the new turn, now (ms), meta ttl (ms).
+ * What one event-loop iteration published, in order, in one script (so a token costs no command of
+ * its own, and turn starts and ends stay in order with the events). Per op three keys (the
+ * conversation's log, meta and channel) and:
+ * - `x seq json`: an event — appended to the log (XADD, the seq as its id), then published on the
+ *   channel (a watcher whose subscription is confirmed after the PUBLISH finds it by replaying);
+ * - `n firstSeq`: a new turn's log starts — the last finished turn is kept while its replay ttl lasts
+ *   (checked against the clock), anything older is trimmed; the log then covers every seq from `floor` on;
+ * - `e expires lastSeq logTtl`: the turn ended — its log is kept for the replay ttl (Redis drops it a
+ *   while later), the conversation's last seq for a day.
+ * ARGV before the ops: now (ms), meta ttl (ms), log max length, this instance's id.
  */
-const NEW_TURN = `
-local meta = redis.call('HMGET', KEYS[2], 'first', 'ended', 'expires')
-local prev, ended, expires = tonumber(meta[1]), meta[2], tonumber(meta[3])
-local floor
-if prev and ended == '1' and expires and expires > tonumber(ARGV[2]) then
-  redis.call('XTRIM', KEYS[1], 'MINID', prev .. '-0')
-  redis.call('PERSIST', KEYS[1])
-  floor = prev - 1
-else
-  redis.call('DEL', KEYS[1])
-  floor = tonumber(ARGV[1]) - 1
-end
-redis.call('HSET', KEYS[2], 'first', ARGV[1], 'ended', '0', 'floor', floor)
-redis.call('HDEL', KEYS[2], 'expires')
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return floor`;
-
-/**
- * A turn ended: its log is kept for the replay ttl (checked against the clock; Redis drops it a
- * while later), and the conversation's last seq for a day.
- * KEYS: log, meta. ARGV: expires (ms), last seq, meta ttl (ms), log ttl (ms).
- */
-const END_TURN = `
-redis.call('HSET', KEYS[2], 'ended', '1', 'expires', ARGV[1], 'last', ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])`;
+const FLUSH = `
+local now, metaTtl, logMax, origin = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local a, k = 5, 1
+while a <= #ARGV do
+  local op, log, meta, channel = ARGV[a], KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  k = k + 3
+  if op == 'x' then
+    redis.pcall('XADD', log, 'MAXLEN', '~', logMax, ARGV[a + 1] .. '-0', 'e', ARGV[a + 2])
+    redis.call('PUBLISH', channel, origin .. '|' .. ARGV[a + 2])
+    a = a + 3
+  elseif op == 'n' then
+    local m = redis.call('HMGET', meta, 'first', 'ended', 'expires')
+    local prev, ended, expires = tonumber(m[1]), m[2], tonumber(m[3])
+    local floor
+    if prev and ended == '1' and expires and expires > now then
+      redis.call('XTRIM', log, 'MINID', prev .. '-0')
+      redis.call('PERSIST', log)
+      floor = prev - 1
+    else
+      redis.call('DEL', log)
+      floor = tonumber(ARGV[a + 1]) - 1
+    end
+    redis.call('HSET', meta, 'first', ARGV[a + 1], 'ended', '0', 'floor', floor)
+    redis.call('HDEL', meta, 'expires')
+    redis.call('PEXPIRE', meta, metaTtl)
+    a = a + 2
+  else
+    redis.call('HSET', meta, 'ended', '1', 'expires', ARGV[a + 1], 'last', ARGV[a + 2])
+    redis.call('PEXPIRE', meta, metaTtl)
+    redis.call('PEXPIRE', log, ARGV[a + 3])
+    a = a + 4
+  end
+end`;
+const FLUSH_SHA = createHash('sha1').update(FLUSH).digest('hex');
 
 /**
  * The events after a seq, as the memory bus answers: nil when the log does not reach back to it
@@ -83,6 +98,9 @@ return out`;
 export class RedisBus implements Bus {
   readonly instanceId: string;
   private sampled = 0;
+  /** what this iteration published, by conversation: keys and script arguments, in order */
+  private pending = new Map<string, { keys: string[]; args: Array<string | number>; events: number; own: string[] }>();
+  private flushScheduled = false;
   private readonly local: MemoryBus;
   /** the turn each conversation this instance publishes is in, and its last seq */
   private readonly publishing = new Map<string, { turnId: string; lastSeq: number }>();
@@ -104,6 +122,8 @@ export class RedisBus implements Bus {
     onStored?: (seconds: number) => void;
     /** this instance, as the other instances see it */
     instanceId?: string;
+    /** a Redis Cluster: each conversation's writes go in a script of their own (one slot each) */
+    cluster?: boolean;
   }) {
     this.instanceId = opts.instanceId ?? randomUUID();
     const now = opts.now ?? Date.now;
@@ -117,6 +137,10 @@ export class RedisBus implements Bus {
       void sub.subscribe(this.controlChannel).catch((err: unknown) => this.fail(err));
     });
     void sub.subscribe(this.controlChannel).catch((err: unknown) => this.fail(err));
+    // loaded before any EVALSHA on this connection, also after Redis restarted (its script cache empty)
+    const load = () => void (redis as Redis).script('LOAD', FLUSH).catch((err: unknown) => this.fail(err));
+    redis.on('ready', load);
+    if (redis.status === 'ready') load();
   }
 
   private keys(key: string) {
@@ -135,26 +159,59 @@ export class RedisBus implements Bus {
   publish(event: ChatEvent): void {
     this.local.publish(event);
     if (event.chatId === '' || this.closed) return;
-    const { log, meta, channel } = this.keys(event.key);
     const current = this.publishing.get(event.key);
     if (current?.turnId !== event.turnId) {
       this.publishing.set(event.key, { turnId: event.turnId, lastSeq: event.seq });
-      // EVAL, not EVALSHA: a script missing from Redis's cache (after its restart) would be retried later, out of order
-      this.redis.eval(NEW_TURN, 2, log, meta, event.seq, this.now(), META_TTL_MS).catch((err: unknown) => this.fail(err));
+      this.queue(event.key, ['n', event.seq]);
     } else {
       current.lastSeq = event.seq;
     }
-    const text = JSON.stringify(event);
-    // the log first: a watcher whose subscription is confirmed after this PUBLISH finds the event by replaying
-    const stored = this.redis.xadd(log, 'MAXLEN', '~', LOG_MAX, `${event.seq}-0`, 'e', text);
-    const onStored = this.opts.onStored;
-    if (onStored && (++this.sampled & 15) === 0) {
-      const started = performance.now();
-      stored.then(() => onStored((performance.now() - started) / 1000), (err: unknown) => this.fail(err));
-    } else {
-      stored.catch((err: unknown) => this.fail(err));
+    this.queue(event.key, ['x', event.seq, JSON.stringify(event)], true);
+  }
+
+  /** Adds an op to this iteration's script; it is sent when the event loop comes round (or before a replay). */
+  private queue(key: string, op: Array<string | number>, isEvent = false): void {
+    let batch = this.pending.get(key);
+    if (!batch) {
+      const { log, meta, channel } = this.keys(key);
+      batch = { keys: [], args: [], events: 0, own: [log, meta, channel] };
+      this.pending.set(key, batch);
     }
-    this.redis.publish(channel, `${this.instanceId}|${text}`).catch((err: unknown) => this.fail(err));
+    batch.keys.push(...batch.own);
+    batch.args.push(...op);
+    if (isEvent) batch.events++;
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  /** Sends what was queued: one script for all conversations (a Cluster: one per conversation). */
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.pending.size === 0 || this.closed) return;
+    const batches = [...this.pending.values()];
+    this.pending = new Map();
+    const head = [this.now(), META_TTL_MS, LOG_MAX, this.instanceId];
+    const groups = this.opts.cluster ? batches : [{ keys: batches.flatMap((b) => b.keys), args: batches.flatMap((b) => b.args), events: batches.reduce((n, b) => n + b.events, 0) }];
+    for (const g of groups) {
+      const started = performance.now();
+      const sent = this.send(g.keys, [...head, ...g.args]);
+      const onStored = this.opts.onStored;
+      // one event in 16 is timed: the time to stored of a batch is each of its events'
+      const timed = onStored && (this.sampled += g.events) >= 16;
+      if (timed) this.sampled = 0;
+      sent.then(() => { if (timed) onStored((performance.now() - started) / 1000); }, (err: unknown) => this.fail(err));
+    }
+  }
+
+  private send(keys: string[], args: Array<string | number>): Promise<unknown> {
+    const r = this.redis as Redis;
+    return r.evalsha(FLUSH_SHA, keys.length, ...keys, ...args).catch((err: unknown) => {
+      // the script fell out of Redis's cache after all: sent whole (this once, maybe out of order with what followed)
+      if (String((err as Error)?.message).startsWith('NOSCRIPT')) return r.eval(FLUSH, keys.length, ...keys, ...args);
+      throw err;
+    });
   }
 
   subscribe(key: string, listener: (event: ChatEvent) => void): Unsubscribe {
@@ -206,6 +263,8 @@ export class RedisBus implements Bus {
   }
 
   async replay(key: string, afterSeq: number): Promise<ChatEvent[] | null> {
+    // what was published but not sent yet goes first (the same connection keeps the order)
+    this.flush();
     await this.whenSubscribed(key);
     const { log, meta } = this.keys(key);
     try {
@@ -223,10 +282,8 @@ export class RedisBus implements Bus {
     const current = this.publishing.get(key);
     if (!current || this.closed) return;
     this.publishing.delete(key);
-    const { log, meta } = this.keys(key);
     const ttlMs = ttlSeconds * 1000;
-    // one command, in order with the publishes before it (a MULTI would be sent ahead of the auto-pipelined batch)
-    this.redis.eval(END_TURN, 2, log, meta, this.now() + ttlMs, current.lastSeq, META_TTL_MS, ttlMs + LOG_SLACK_MS).catch((err: unknown) => this.fail(err));
+    this.queue(key, ['e', this.now() + ttlMs, current.lastSeq, ttlMs + LOG_SLACK_MS]);
   }
 
   sendControl(message: ControlMessage): void {
@@ -242,6 +299,7 @@ export class RedisBus implements Bus {
   }
 
   async close(): Promise<void> {
+    this.flush();
     this.closed = true;
     this.controls.clear();
     this.watched.clear();

@@ -37,7 +37,9 @@ export default tseslint.config(
   layer('providers', ['storage', 'bus', 'tools', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps', 'wire'], ['fastify', '@fastify/*', 'ws', 'better-sqlite3', 'pg', 'kysely', 'ioredis']),
   layer('tools', ['storage', 'bus', 'providers', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps', 'wire'], DRIVERS),
   layer('runtimes', ['storage', 'bus', 'chat', 'auth', 'http', 'ws', 'apps', 'wire'], DRIVERS),
-  layer('chat', ['http', 'ws', 'wire', 'providers'], DRIVERS),
+  layer('chat', ['http', 'ws', 'wire', 'providers', 'telemetry', 'redis'], DRIVERS),
+  // OpenTelemetry behind the domain's Tracer port
+  layer('telemetry', ['config', 'storage', 'bus', 'providers', 'tools', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps', 'wire', 'redis'], DRIVERS),
   // wire codecs shared by the transports that speak them: what they encode is the domain's
   layer('wire', ['config', 'storage', 'bus', 'providers', 'tools', 'runtimes', 'chat', 'auth', 'http', 'ws', 'apps'], DRIVERS),
   // Redis adapters of the core's ports (bus, limits): drivers allowed, transports not

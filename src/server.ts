@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import pino, { type Logger } from 'pino';
+import pino, { type DestinationStream, type Logger } from 'pino';
 import { AppService } from './apps/app-service.ts';
 import { AuthService } from './auth/auth-service.ts';
 import { TokenService } from './auth/tokens.ts';
@@ -16,6 +16,9 @@ import { RedisBus } from './bus/redis-bus.ts';
 import { connectRedis, parseRedisUrl, whenReady, type RedisClient } from './redis/connect.ts';
 import { RedisClientIds, RedisConnectionCounter, RedisRateLimiter } from './redis/redis-limits.ts';
 import { systemClock, type Clock } from './domain/clock.ts';
+import { noTracer, type Tracer } from './domain/tracing.ts';
+import { activeTrace } from './telemetry/active-trace.ts';
+import { tracedProviders } from './telemetry/traced-providers.ts';
 import { AssistantRuntime } from './runtimes/assistant-runtime.ts';
 import { createProviders } from './providers/provider-registry.ts';
 import { CodeSandbox } from './runtimes/workflow/code-sandbox.ts';
@@ -42,16 +45,23 @@ export interface ServerHandle {
   close(): Promise<void>;
 }
 
-export function createLogger(config: Config): Logger {
+export function createLogger(config: Config, destination?: DestinationStream): Logger {
   return pino({
     level: config.log.level,
+    // a line logged within a traced turn names its trace (nothing while tracing is off)
+    mixin: () => activeTrace() ?? {},
     redact: { paths: ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', 'headers.cookie', 'password', '*.password'], censor: '[redacted]' },
-  });
+  }, destination as DestinationStream);
 }
 
-export async function openDatabase(config: Config, logger?: Logger, metrics?: Metrics): Promise<Db> {
+export async function openDatabase(config: Config, logger?: Logger, metrics?: Metrics, tracer: Tracer = noTracer): Promise<Db> {
+  const system = config.server.database_url ? 'postgresql' : 'sqlite';
   const db = openDb({
-    onQuery: metrics ? (seconds) => metrics.dbQueries.observe(seconds) : undefined,
+    onQuery: metrics ? (seconds) => {
+      metrics.dbQueries.observe(seconds);
+      const end = Date.now();
+      tracer.record('db.statement', end - seconds * 1000, end, { 'db.system': system });
+    } : undefined,
     url: config.server.database_url,
     dataDir: config.server.data_dir,
     onIdleError: (err) => logger?.warn({ err }, 'an idle database connection failed; the pool opens a new one'),
@@ -104,7 +114,13 @@ async function openRedis(url: string, logger: Logger): Promise<{ client: RedisCl
 export async function createServer(config: Config, opts: ServerOptions = {}): Promise<ServerHandle> {
   const logger = opts.logger ?? createLogger(config);
   const metrics = new Metrics();
-  const db = await openDatabase(config, logger, metrics);
+  // who runs a turn, as the database and the other instances know this process
+  const instanceId = `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
+  const telemetry = config.telemetry.otlp_endpoint
+    ? (await import('./telemetry/otel.ts')).otelTracer({ endpoint: config.telemetry.otlp_endpoint, serviceName: config.telemetry.service_name, instanceId })
+    : null;
+  const tracer = telemetry?.tracer ?? noTracer;
+  const db = await openDatabase(config, logger, metrics, tracer);
   const repos = createRepos(db);
 
   const secret = config.auth.jwt_secret || (await repos.settings.getOrInit('jwt_secret', randomBytes(32).toString('base64url')));
@@ -119,8 +135,6 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
   }
 
   const clock = opts.clock ?? systemClock;
-  // who runs a turn, as the database and the other instances know this process
-  const instanceId = `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
   const redis = config.server.redis_url ? await openRedis(config.server.redis_url, logger) : null;
   const bus = opts.bus ?? (redis
     ? new RedisBus(redis.client, redis.sub, {
@@ -138,7 +152,7 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
   // workflow code nodes run in this process's sandbox (worker threads), closed with the server
   const sandbox = new CodeSandbox();
   const chat = new ChatService({
-    config, repos, bus, apps, providers, tools, clock, log: logger, instanceId, shared: redis !== null, observer: metrics,
+    config, repos, bus, apps, providers: tracedProviders(providers, tracer), tools, clock, log: logger, instanceId, shared: redis !== null, observer: metrics, tracer,
     runtime: new AssistantRuntime(),
     executor: new WorkflowExecutor({ sandbox }),
     runs: { stored: new DatabaseRunStore(repos.workflowRuns, config.workflow.input_timeout * 60_000), scratch: new MemoryRunStore() },
@@ -176,6 +190,8 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
       await bus.close();
       await redis?.close();
       await db.close();
+      // the last spans are sent before the process ends
+      await telemetry?.shutdown().catch(() => undefined);
     },
   };
   return handle;

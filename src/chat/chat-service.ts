@@ -3,6 +3,7 @@ import type { AppService } from '../apps/app-service.ts';
 import type { Bus } from '../bus/bus.ts';
 import type { Config } from '../config/config.ts';
 import type { Clock } from '../domain/clock.ts';
+import type { Tracer } from '../domain/tracing.ts';
 import { AppError } from '../domain/errors.ts';
 import type { LlmProvider } from '../domain/llm.ts';
 import type { Principal } from '../domain/types.ts';
@@ -58,13 +59,15 @@ export class ChatService implements TurnControl {
     shared: boolean;
     /** counts turns (metrics) */
     observer?: TurnObserver | undefined;
+    /** traces turns */
+    tracer?: Tracer | undefined;
     log?: { error(obj: object, msg: string): void; warn?(obj: object, msg: string): void };
   }) {
     const { config, repos, bus, clock, log } = deps;
     this.targets = new Targets(deps);
     const owner = { id: deps.instanceId, leaseMs: config.chat.turn_lease * 1000, clock };
     this.seqs = new TurnSeqs(repos.conversations, owner);
-    this.turns = new TurnRegistry({ bus, seqs: this.seqs, clock, observer: deps.observer, replayTtl: config.chat.replay_ttl, log });
+    this.turns = new TurnRegistry({ bus, seqs: this.seqs, clock, observer: deps.observer, tracer: deps.tracer, replayTtl: config.chat.replay_ttl, log });
     this.sweeper = new TurnSweeper({ repos, bus, turns: this.turns, seqs: this.seqs, owner, replayTtl: config.chat.replay_ttl, log });
     this.sweeper.start({ all: !deps.shared });
     this.clientIds = deps.clientIds;

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Bus } from '../bus/bus.ts';
 import type { Clock } from '../domain/clock.ts';
+import { noTracer, type SpanHandle, type Tracer } from '../domain/tracing.ts';
 import { AppError, toAppError } from '../domain/errors.ts';
 import type { ChatEventBody } from '../domain/events.ts';
 import type { TurnSeqs } from './turn-seqs.ts';
@@ -79,9 +80,10 @@ export class TurnRegistry {
     seqs: TurnSeqs;
     clock: Clock;
     observer?: TurnObserver | undefined;
+    tracer?: Tracer | undefined;
     /** chat.replay_ttl, seconds */
     replayTtl: number;
-    log?: { error(obj: object, msg: string): void } | undefined;
+    log?: { error(obj: object, msg: string): void; debug?(obj: object, msg: string): void } | undefined;
   }) {
     this.unsubscribeControl = deps.bus.onControl((m) => {
       if (m.type === 'stop') this.running.get(m.key)?.controller.abort();
@@ -114,26 +116,35 @@ export class TurnRegistry {
    * come round. With a floor still to come (the question being stored) the work runs at once and
    * its events wait for it; a floor that fails ends the turn with nothing published, and rejects.
    */
-  async begin(key: string, prepare: (turn: Turn) => Promise<TurnPlan | null>): Promise<TurnStarted | null> {
-    if (this.running.has(key)) throw new AppError('conflict');
+  begin(key: string, prepare: (turn: Turn) => Promise<TurnPlan | null>): Promise<TurnStarted | null> {
+    if (this.running.has(key)) return Promise.reject(new AppError('conflict'));
+    // the turn's span: what its preparation and its work start (model calls, statements) are its children
+    return (this.deps.tracer ?? noTracer).start('parley.turn', { 'parley.key': key }, (span) => this.run(key, prepare, span));
+  }
+
+  private async run(key: string, prepare: (turn: Turn) => Promise<TurnPlan | null>, span: SpanHandle): Promise<TurnStarted | null> {
     const controller = new AbortController();
     const turn: RunningTurn = { key, turnId: randomUUID().replaceAll('-', ''), signal: controller.signal, controller, done: Promise.resolve() };
     this.running.set(key, turn);
     let plan: TurnPlan | null;
+    span.set({ 'parley.turn_id': turn.turnId });
     try {
       plan = await prepare(turn);
     } catch (err) {
       this.running.delete(key);
       await this.deps.seqs.abandon(turn.turnId).catch(() => undefined);
+      span.end(err);
       throw err;
     }
     if (!plan) {
       this.running.delete(key);
+      span.end();
       return null;
     }
     const run = plan;
     if (run.ids.chatId !== null) this.stored.add(key);
-    turn.done = Promise.resolve().then(() => this.drive(turn, run));
+    span.set({ 'parley.chat_id': run.ids.chatId ?? '', 'parley.app_id': run.ids.flowId, 'parley.user_id': run.ids.userId });
+    turn.done = Promise.resolve().then(() => this.drive(turn, run)).finally(() => span.end());
     try {
       return { key, turnId: turn.turnId, fromSeq: await run.floor, duplicate: false };
     } catch (err) {
@@ -188,6 +199,7 @@ export class TurnRegistry {
       bus.publish({ seq: ++seq, key: turn.key, chatId: ids.chatId ?? '', turnId: turn.turnId, flowId: ids.flowId, userId: ids.userId, body });
     };
     observer?.started();
+    this.deps.log?.debug?.({ chat_id: ids.chatId, turn_id: turn.turnId }, 'turn started');
     const emit: TurnEmit = (body) => {
       if (held) held.push(body);
       else publish(body);
@@ -222,10 +234,9 @@ export class TurnRegistry {
       } else {
         await seqs.abandon(turn.turnId).catch(() => undefined);
       }
-      observer?.ended({
-        outcome: failed ? 'failed' : turn.signal.aborted ? 'stopped' : 'finished',
-        durationMs: clock.now() - startedAt, firstDeltaMs: deltas ? firstDeltaAt - startedAt : null, deltas,
-      });
+      const outcome = { outcome: failed ? 'failed' as const : turn.signal.aborted ? 'stopped' as const : 'finished' as const, durationMs: clock.now() - startedAt, firstDeltaMs: deltas ? firstDeltaAt - startedAt : null, deltas };
+      observer?.ended(outcome);
+      this.deps.log?.debug?.({ chat_id: ids.chatId, turn_id: turn.turnId, ...outcome }, 'turn ended');
     }
   }
 }

@@ -51,6 +51,11 @@ export const ConfigSchema = Type.Object({
     refresh_token_ttl: sec(30 * 24 * 3600),
     cookie_secure: Type.Boolean({ default: false }),
   }, { default: {} }),
+  telemetry: Type.Object({
+    /** OTLP/HTTP endpoint of a trace collector (e.g. http://otel-collector:4318); empty: no traces */
+    otlp_endpoint: Type.String({ default: '' }),
+    service_name: Type.String({ minLength: 1, default: 'parley' }),
+  }, { default: {} }),
   http: Type.Object({
     allowed_origins: Type.Array(Type.String(), { default: [] }),
     body_limit: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),

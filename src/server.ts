@@ -17,6 +17,7 @@ import { connectRedis, parseRedisUrl, whenReady, type RedisClient } from './redi
 import { RedisClientIds, RedisConnectionCounter, RedisRateLimiter } from './redis/redis-limits.ts';
 import { systemClock, type Clock } from './domain/clock.ts';
 import { noTracer, type Tracer } from './domain/tracing.ts';
+import { isHexId } from './domain/types.ts';
 import { activeTrace } from './telemetry/active-trace.ts';
 import { tracedProviders } from './telemetry/traced-providers.ts';
 import { AssistantRuntime } from './runtimes/assistant-runtime.ts';
@@ -140,6 +141,8 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
     ? new RedisBus(redis.client, redis.sub, {
       prefix: config.server.redis_prefix, replayTtl: config.chat.replay_ttl, now: () => clock.now(), instanceId,
       cluster: parseRedisUrl(config.server.redis_url).kind === 'cluster',
+      // conversations are chat ids; the scratch keys of unstored turns never leave this instance
+      shared: isHexId,
       onError: (err) => logger.debug({ err }, 'bus: Redis command failed'), onStored: (seconds) => metrics.busPublish.observe(seconds),
     })
     : new MemoryBus(() => clock.now()));

@@ -88,8 +88,8 @@ return out`;
  * subscribers at once and kept in its own log (a MemoryBus), and mirrored to Redis: a stream per
  * conversation is the replay log every instance reads (`XADD` with an explicit id, the seq), and a
  * pub/sub channel per conversation carries the events live to the instances that watch it. A
- * token costs no round trip: commands go out auto-pipelined, one batch per iteration of the event
- * loop. Keys carry the conversation in a hash tag, so one conversation lives in one cluster slot.
+ * token costs no command of its own: what one iteration of the event loop published goes to Redis in
+ * one script. Keys carry the conversation in a hash tag, so one conversation lives in one cluster slot.
  *
  * Unstored turns (debug mode, stateless calls) stay on this instance: only their socket or request
  * watches them. While Redis is unreachable the instance serves what it knows (its own turns, replays
@@ -124,6 +124,8 @@ export class RedisBus implements Bus {
     instanceId?: string;
     /** a Redis Cluster: each conversation's writes go in a script of their own (one slot each) */
     cluster?: boolean;
+    /** which keys are conversations other instances may watch (the others, scratch keys of unstored turns, stay here); default: all */
+    shared?: (key: string) => boolean;
   }) {
     this.instanceId = opts.instanceId ?? randomUUID();
     const now = opts.now ?? Date.now;
@@ -216,6 +218,7 @@ export class RedisBus implements Bus {
 
   subscribe(key: string, listener: (event: ChatEvent) => void): Unsubscribe {
     const off = this.local.subscribe(key, listener);
+    if (this.opts.shared && !this.opts.shared(key)) return off;
     const w = this.watched.get(key);
     if (w) w.count++;
     else {
@@ -263,6 +266,7 @@ export class RedisBus implements Bus {
   }
 
   async replay(key: string, afterSeq: number): Promise<ChatEvent[] | null> {
+    if (this.opts.shared && !this.opts.shared(key)) return this.local.replay(key, afterSeq);
     // what was published but not sent yet goes first (the same connection keeps the order)
     this.flush();
     await this.whenSubscribed(key);

@@ -182,4 +182,24 @@ describe('the chat core, without a server', () => {
     const next = await turnOf(chatId, alice, async () => chat.ask({ principal: alice, target: await target(alice, 'chat', chatId), text: 'third', inputs: { input: 'third' } }));
     expect(next[0]!.seq).toBe(fromSeq + 6);
   });
+
+  it('a single instance ends at start every turn it finds running (nothing else can be running one)', async () => {
+    const { repos } = handle.services;
+    const chatId = newChatId();
+    await turnOf(chatId, alice, async () => chat.ask({ principal: alice, target: await target(alice, 'chat', chatId), text: 'before the crash', inputs: { input: 'before the crash' } }));
+    const app = await demoApp({ handle } as TestServer, 'chat');
+    // what a crashed process leaves: its turn holds the conversation with a lease still running
+    const fromSeq = (await repos.conversations.reserveSeq(chatId, 10_000, { id: 'e'.repeat(32), owner: 'crashed', lease: new Date(clock.now() + 600_000).toISOString() }))!;
+    await repos.messages.insert({
+      chat_id: chatId, flow_id: app.id, user_id: alice.id, is_bot: 0, type: 'human', category: 'question', message: '{"input":"during"}',
+      intermediate_steps: '', files: '[]', extra: '{}', source: 0, sender: '', receiver: null, remark: '', parent_message_id: null, turn_id: 'e'.repeat(32),
+    });
+    await handle.close();
+    handle = await createServer(handle.services.config, { clock });
+    chat = handle.services.chat;
+    const after = handle.services.repos;
+    await eventually(async () => ((await after.conversations.get(chatId))?.turn_id === null ? true : undefined), 'the start-up sweep');
+    expect((await after.messages.byTurn(chatId, 'e'.repeat(32))).map((r) => r.category)).toEqual(['question', 'answer']);
+    expect((await after.conversations.get(chatId))!.last_seq).toBe(fromSeq + 2);
+  });
 });

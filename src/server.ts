@@ -155,7 +155,9 @@ export async function createServer(config: Config, opts: ServerOptions = {}): Pr
   // workflow code nodes run in this process's sandbox (worker threads), closed with the server
   const sandbox = new CodeSandbox();
   const chat = new ChatService({
-    config, repos, bus, apps, providers: tracedProviders(providers, tracer), tools, clock, log: logger, instanceId, shared: redis !== null, observer: metrics, tracer,
+    config, repos, bus, apps, providers: tracedProviders(providers, tracer), tools, clock, log: logger, instanceId, observer: metrics, tracer,
+    // an SQLite file has one server; a PostgreSQL database may have another one starting or draining (a deploy)
+    shared: redis !== null || db.dialect === 'postgres',
     runtime: new AssistantRuntime(),
     executor: new WorkflowExecutor({ sandbox }),
     runs: { stored: new DatabaseRunStore(repos.workflowRuns, config.workflow.input_timeout * 60_000), scratch: new MemoryRunStore() },

@@ -55,7 +55,10 @@ export class ChatService implements TurnControl {
     clock: Clock;
     /** this instance, as the owner of the turns it runs */
     instanceId: string;
-    /** whether other instances may run turns of this database (a shared bus): else every running turn found at start is a dead one */
+    /**
+     * whether another process may be running turns of this database (PostgreSQL, or a shared bus);
+     * if not, every running turn found at start is a dead one
+     */
     shared: boolean;
     /** counts turns (metrics) */
     observer?: TurnObserver | undefined;

@@ -20,8 +20,8 @@ const BATCH = 100;
  * renewing. A sweep ends such a turn as a stop would: the partial answer (from the replay log) is
  * stored once, its watchers get an error and the close, and the conversation takes questions again;
  * a workflow run it was continuing waits again for its answer. Every instance sweeps every third of
- * chat.turn_lease (one of them gets each turn); a single instance, whose bus nobody shares, sweeps
- * every running turn at start: nothing else can be running one.
+ * chat.turn_lease (one of them gets each turn); an instance on SQLite without Redis (no other process
+ * can share its database) sweeps every running turn at start: nothing else can be running one.
  */
 export class TurnSweeper {
   private timer: NodeJS.Timeout | null = null;

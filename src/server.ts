@@ -115,8 +115,9 @@ async function openRedis(url: string, logger: Logger): Promise<{ client: RedisCl
 export async function createServer(config: Config, opts: ServerOptions = {}): Promise<ServerHandle> {
   const logger = opts.logger ?? createLogger(config);
   const metrics = new Metrics();
-  // who runs a turn, as the database and the other instances know this process
-  const instanceId = `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
+  // who runs a turn, as the database and the other instances know this process (conversations.turn_owner
+  // holds 64 characters: a long host name, a Kubernetes pod's, is cut)
+  const instanceId = `${hostname().slice(0, 40)}:${process.pid}:${randomBytes(4).toString('hex')}`;
   const telemetry = config.telemetry.otlp_endpoint
     ? (await import('./telemetry/otel.ts')).otelTracer({ endpoint: config.telemetry.otlp_endpoint, serviceName: config.telemetry.service_name, instanceId })
     : null;

@@ -6,6 +6,8 @@ export type Unsubscribe = () => void;
 export interface ControlMessage {
   type: 'stop';
   key: string;
+  /** the turn to stop (a stop that arrives late must not stop a newer turn); absent: whichever runs */
+  turnId?: string;
 }
 
 /**

@@ -1,10 +1,16 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
 import type { ChatEvent } from '../domain/events.ts';
+import { isRecord } from '../domain/types.ts';
 import type { Bus, ControlMessage, Unsubscribe } from './bus.ts';
 import { MemoryBus } from './memory-bus.ts';
 
 type Client = Redis | Cluster;
+
+/** The shape the bus relies on (what another instance sent) */
+function isChatEvent(v: unknown): v is ChatEvent {
+  return isRecord(v) && typeof v.key === 'string' && typeof v.seq === 'number' && typeof v.turnId === 'string' && isRecord(v.body) && typeof v.body.kind === 'string';
+}
 
 /** events kept per conversation log at most (approximately: Redis trims whole nodes of the stream) */
 const LOG_MAX = 10_000;
@@ -20,7 +26,9 @@ const META_TTL_MS = 86_400_000;
  * - `x seq json`: an event — appended to the log (XADD, the seq as its id), then published on the
  *   channel (a watcher whose subscription is confirmed after the PUBLISH finds it by replaying);
  * - `n firstSeq`: a new turn's log starts — the last finished turn is kept while its replay ttl lasts
- *   (checked against the clock), anything older is trimmed; the log then covers every seq from `floor` on;
+ *   (checked against the clock), anything older is trimmed; the log then covers every seq from `floor` on.
+ *   Sent again mid-turn after a batch was lost (Redis was away): the log restarts there. Until the turn
+ *   ends, the log lives as long as the metadata (should its end never reach Redis);
  * - `e expires lastSeq logTtl`: the turn ended — its log is kept for the replay ttl (Redis drops it a
  *   while later), the conversation's last seq for a day.
  * ARGV before the ops: now (ms), meta ttl (ms), log max length, this instance's id.
@@ -28,11 +36,16 @@ const META_TTL_MS = 86_400_000;
 const FLUSH = `
 local now, metaTtl, logMax, origin = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local a, k = 5, 1
+local fresh = {}
 while a <= #ARGV do
   local op, log, meta, channel = ARGV[a], KEYS[k], KEYS[k + 1], KEYS[k + 2]
   k = k + 3
   if op == 'x' then
     redis.pcall('XADD', log, 'MAXLEN', '~', logMax, ARGV[a + 1] .. '-0', 'e', ARGV[a + 2])
+    if fresh[log] then
+      redis.call('PEXPIRE', log, metaTtl)
+      fresh[log] = nil
+    end
     redis.call('PUBLISH', channel, origin .. '|' .. ARGV[a + 2])
     a = a + 3
   elseif op == 'n' then
@@ -41,10 +54,11 @@ while a <= #ARGV do
     local floor
     if prev and ended == '1' and expires and expires > now then
       redis.call('XTRIM', log, 'MINID', prev .. '-0')
-      redis.call('PERSIST', log)
+      redis.call('PEXPIRE', log, metaTtl)
       floor = prev - 1
     else
       redis.call('DEL', log)
+      fresh[log] = true
       floor = tonumber(ARGV[a + 1]) - 1
     end
     redis.call('HSET', meta, 'first', ARGV[a + 1], 'ended', '0', 'floor', floor)
@@ -102,10 +116,12 @@ export class RedisBus implements Bus {
   private pending = new Map<string, { keys: string[]; args: Array<string | number>; events: number; own: string[] }>();
   private flushScheduled = false;
   private readonly local: MemoryBus;
-  /** the turn each conversation this instance publishes is in, and its last seq */
-  private readonly publishing = new Map<string, { turnId: string; lastSeq: number }>();
+  /** the turn each conversation this instance publishes is in, its last seq, and whether its log must restart (a batch was lost) */
+  private readonly publishing = new Map<string, { turnId: string; lastSeq: number; restart: boolean }>();
   /** conversations this instance watches, with their subscriptions' confirmation */
   private readonly watched = new Map<string, { count: number; ready: Promise<void> }>();
+  /** channels whose unsubscribe failed (Redis was away): ioredis subscribes them again on reconnecting */
+  private readonly stale = new Set<string>();
   private readonly controls = new Set<(m: ControlMessage) => void>();
   private readonly controlChannel: string;
   private readonly sub: Client;
@@ -136,6 +152,7 @@ export class RedisBus implements Bus {
     // subscriptions asked for while Redis was away are made once it is back (ioredis renews the confirmed ones itself)
     sub.on('ready', () => {
       for (const key of this.watched.keys()) this.listen(key);
+      for (const channel of this.stale) this.unlisten(channel);
       void sub.subscribe(this.controlChannel).catch((err: unknown) => this.fail(err));
     });
     void sub.subscribe(this.controlChannel).catch((err: unknown) => this.fail(err));
@@ -163,9 +180,13 @@ export class RedisBus implements Bus {
     if (event.chatId === '' || this.closed) return;
     const current = this.publishing.get(event.key);
     if (current?.turnId !== event.turnId) {
-      this.publishing.set(event.key, { turnId: event.turnId, lastSeq: event.seq });
+      this.publishing.set(event.key, { turnId: event.turnId, lastSeq: event.seq, restart: false });
       this.queue(event.key, ['n', event.seq]);
     } else {
+      if (current.restart) {
+        current.restart = false;
+        this.queue(event.key, ['n', event.seq]);
+      }
       current.lastSeq = event.seq;
     }
     this.queue(event.key, ['x', event.seq, JSON.stringify(event)], true);
@@ -192,10 +213,12 @@ export class RedisBus implements Bus {
   private flush(): void {
     this.flushScheduled = false;
     if (this.pending.size === 0 || this.closed) return;
-    const batches = [...this.pending.values()];
+    const batches = [...this.pending.entries()];
     this.pending = new Map();
     const head = [this.now(), META_TTL_MS, LOG_MAX, this.instanceId];
-    const groups = this.opts.cluster ? batches : [{ keys: batches.flatMap((b) => b.keys), args: batches.flatMap((b) => b.args), events: batches.reduce((n, b) => n + b.events, 0) }];
+    const groups = this.opts.cluster
+      ? batches.map(([key, b]) => ({ ...b, convs: [key] }))
+      : [{ keys: batches.flatMap(([, b]) => b.keys), args: batches.flatMap(([, b]) => b.args), events: batches.reduce((n, [, b]) => n + b.events, 0), convs: batches.map(([key]) => key) }];
     for (const g of groups) {
       const started = performance.now();
       const sent = this.send(g.keys, [...head, ...g.args]);
@@ -203,7 +226,14 @@ export class RedisBus implements Bus {
       // one event in 16 is timed: the time to stored of a batch is each of its events'
       const timed = onStored && (this.sampled += g.events) >= 16;
       if (timed) this.sampled = 0;
-      sent.then(() => { if (timed) onStored((performance.now() - started) / 1000); }, (err: unknown) => this.fail(err));
+      sent.then(() => { if (timed) onStored((performance.now() - started) / 1000); }, (err: unknown) => {
+        // the shared logs of these conversations now miss events: each restarts at its next event (replays before it fall back)
+        for (const key of g.convs) {
+          const p = this.publishing.get(key);
+          if (p) p.restart = true;
+        }
+        this.fail(err);
+      });
     }
   }
 
@@ -233,7 +263,7 @@ export class RedisBus implements Bus {
       const entry = this.watched.get(key);
       if (entry && --entry.count === 0) {
         this.watched.delete(key);
-        if (!this.closed) void this.sub.unsubscribe(this.keys(key).channel).catch(() => undefined);
+        this.unlisten(this.keys(key).channel);
       }
     };
   }
@@ -242,8 +272,16 @@ export class RedisBus implements Bus {
   private listen(key: string): void {
     const entry = this.watched.get(key);
     if (!entry || this.closed) return;
+    this.stale.delete(this.keys(key).channel);
     // an unreachable Redis fails at once: the watcher is served from this instance alone, and `ready` lets replays go on
     entry.ready = this.sub.subscribe(this.keys(key).channel).then(() => undefined, (err: unknown) => this.fail(err));
+  }
+
+  /** Unsubscribes from a channel nobody here watches any more; one that fails is retried once Redis is back. */
+  private unlisten(channel: string): void {
+    if (this.closed) return;
+    this.stale.add(channel);
+    this.sub.unsubscribe(channel).then(() => this.stale.delete(channel), () => undefined);
   }
 
   /** Resolves once this instance receives the live events of `key` from every instance (or Redis is unreachable). */
@@ -254,15 +292,24 @@ export class RedisBus implements Bus {
   private receive(channel: string, message: string): void {
     const bar = message.indexOf('|');
     if (bar < 0 || message.slice(0, bar) === this.instanceId) return;
-    if (channel === this.controlChannel) {
-      const m = JSON.parse(message.slice(bar + 1)) as ControlMessage;
-      for (const listener of this.controls) listener(m);
+    // a message this version cannot read (another version's, during a rolling deploy) is dropped, not thrown into ioredis
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(message.slice(bar + 1));
+    } catch (err) {
+      this.fail(err);
       return;
     }
-    const event = JSON.parse(message.slice(bar + 1)) as ChatEvent;
-    this.local.publish(event);
+    if (channel === this.controlChannel) {
+      if (isRecord(parsed) && parsed.type === 'stop' && typeof parsed.key === 'string') {
+        for (const listener of this.controls) listener(parsed as unknown as ControlMessage);
+      }
+      return;
+    }
+    if (!isChatEvent(parsed)) return;
+    this.local.publish(parsed);
     // another instance's turn ended: this instance's copy of it is kept as its own would be
-    if (event.body.kind === 'close') this.local.endTurn(event.key, this.opts.replayTtl);
+    if (parsed.body.kind === 'close') this.local.endTurn(parsed.key, this.opts.replayTtl);
   }
 
   async replay(key: string, afterSeq: number): Promise<ChatEvent[] | null> {

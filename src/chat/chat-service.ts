@@ -141,7 +141,12 @@ export class ChatService implements TurnControl {
 
   private async stopKey(key: string, chatId: string | null): Promise<boolean> {
     if (await this.turns.stopLocal(key)) return true;
-    if (await this.workflows.stopWaiting(key, chatId)) return true;
+    // a run that waits here, unless another instance runs a turn of the conversation (10409): that one is stopped there
+    const waited = await this.workflows.stopWaiting(key, chatId).catch((err: unknown) => {
+      if (err instanceof AppError && err.code === 'conflict') return false;
+      throw err;
+    });
+    if (waited) return true;
     if (chatId === null) return false;
     return this.stopElsewhere(chatId);
   }
@@ -166,7 +171,7 @@ export class ChatService implements TurnControl {
       await bus.whenSubscribed(chatId);
       // it may have ended meanwhile
       if ((await repos.conversations.get(chatId))?.turn_id !== turnId) return true;
-      this.turns.stopElsewhere(chatId);
+      this.turns.stopElsewhere(chatId, turnId);
       return await closed;
     } finally {
       clearTimeout(timer);
@@ -204,8 +209,10 @@ export class ChatService implements TurnControl {
 
   /** Stops accepting turns, stops the running ones (their partial answers are stored) and waits for them. */
   async shutdown(): Promise<void> {
-    await this.sweeper.stop();
+    await this.sweeper.stopSweeping();
+    // their leases are renewed until they have ended, or another instance would take them over meanwhile
     await this.turns.shutdown();
+    await this.sweeper.stop();
   }
 
   private keyOf(target: ChatTarget, scratchKey: string | undefined): string {

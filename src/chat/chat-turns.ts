@@ -12,7 +12,7 @@ import { answerRow, clearRow, questionRow, toolRow, type Blocked } from './messa
 import type { Moderation } from './moderation.ts';
 import type { RateLimiter } from './rate-limiter.ts';
 import type { ChatTarget, Targets } from './targets.ts';
-import type { Turn, TurnEmit, TurnIds, TurnRegistry, TurnStarted, TurnWork } from './turn-registry.ts';
+import { isLost, type Turn, type TurnEmit, type TurnIds, type TurnRegistry, type TurnStarted, type TurnWork } from './turn-registry.ts';
 import type { TurnSeqs } from './turn-seqs.ts';
 
 export interface ToolLookup {
@@ -160,7 +160,8 @@ export class ChatTurns {
 
     /** Stores the tool rows and the answer. */
     const save = async (answer: string, usage: LlmUsage | null, remark: string, blocked: Blocked | null = null): Promise<number | null> => {
-      if (target.chatId === null) return null;
+      // a lost turn's partial answer was stored by the instance that ended it
+      if (target.chatId === null || isLost(turn.signal)) return null;
       // the question is stored by now (it went in while the first token was on its way); if storing it failed, so does this
       const parent = await state.questionId;
       const row = answerRow(ids, turn.turnId, { text: answer, parent, usage, remark, blocked, latencyMs: clock.now() - started });

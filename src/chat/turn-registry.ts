@@ -61,6 +61,24 @@ export interface Turn {
 interface RunningTurn extends Turn {
   controller: AbortController;
   done: Promise<void>;
+  /** a stored conversation's turn whose seqs are reserved: it holds the conversation's lease */
+  leased: boolean;
+  /** its close is published: a next turn of the key may begin (it waits for this one's settle) */
+  closed: boolean;
+  /** another instance took the conversation over (this one's lease ran out): nothing more of it is published or stored */
+  lost: boolean;
+}
+
+/** Why a lost turn was aborted (see `lose`). */
+class TurnLost extends Error {
+  constructor() {
+    super('the turn\'s lease ran out and another instance ended it');
+  }
+}
+
+/** Whether a turn was aborted because another instance took it over: what it would store now, that instance stored. */
+export function isLost(signal: AbortSignal): boolean {
+  return signal.reason instanceof TurnLost;
 }
 
 /**
@@ -70,8 +88,6 @@ interface RunningTurn extends Turn {
  */
 export class TurnRegistry {
   private readonly running = new Map<string, RunningTurn>();
-  /** the keys of the running turns of stored conversations (their chat ids): their leases are renewed */
-  private readonly stored = new Set<string>();
   private readonly unsubscribeControl: () => void;
   private closing = false;
 
@@ -86,7 +102,9 @@ export class TurnRegistry {
     log?: { error(obj: object, msg: string): void; debug?(obj: object, msg: string): void } | undefined;
   }) {
     this.unsubscribeControl = deps.bus.onControl((m) => {
-      if (m.type === 'stop') this.running.get(m.key)?.controller.abort();
+      // a stop names the turn it was meant for: a late one leaves a newer turn of the conversation be
+      const turn = this.running.get(m.key);
+      if (m.type === 'stop' && turn && (m.turnId === undefined || m.turnId === turn.turnId)) turn.controller.abort();
     });
   }
 
@@ -98,9 +116,24 @@ export class TurnRegistry {
     return this.running.size;
   }
 
-  /** The chat ids of the stored conversations whose turns run here. */
-  storedKeys(): string[] {
-    return [...this.stored];
+  /** The turns of stored conversations that run here and hold their lease (their chat ids are the keys). */
+  leasedTurns(): Array<{ key: string; turnId: string }> {
+    const out: Array<{ key: string; turnId: string }> = [];
+    for (const t of this.running.values()) if (t.leased && !t.closed) out.push({ key: t.key, turnId: t.turnId });
+    return out;
+  }
+
+  /**
+   * The lease of a turn that runs here was taken over (it ran out: the database was away, or this
+   * process stalled), and the instance that took it ended the turn. The turn stops at once and
+   * publishes and stores nothing more.
+   */
+  lose(key: string, turnId: string): void {
+    const turn = this.running.get(key);
+    if (!turn || turn.turnId !== turnId || turn.closed) return;
+    turn.lost = true;
+    turn.controller.abort(new TurnLost());
+    this.deps.log?.error({ chat_id: key, turn_id: turnId }, 'lost the lease of a running turn: another instance ended it');
   }
 
   /** 10503 once the server shuts down: no new turn starts. */
@@ -117,18 +150,24 @@ export class TurnRegistry {
    * its events wait for it; a floor that fails ends the turn with nothing published, and rejects.
    */
   begin(key: string, prepare: (turn: Turn) => Promise<TurnPlan | null>): Promise<TurnStarted | null> {
-    if (this.running.has(key)) return Promise.reject(new AppError('conflict'));
+    const current = this.running.get(key);
+    if (current && !current.closed) return Promise.reject(new AppError('conflict'));
     // the turn's span: what its preparation and its work start (model calls, statements) are its children
     return (this.deps.tracer ?? noTracer).start('parley.turn', { 'parley.key': key }, (span) => this.run(key, prepare, span));
   }
 
   private async run(key: string, prepare: (turn: Turn) => Promise<TurnPlan | null>, span: SpanHandle): Promise<TurnStarted | null> {
     const controller = new AbortController();
-    const turn: RunningTurn = { key, turnId: randomUUID().replaceAll('-', ''), signal: controller.signal, controller, done: Promise.resolve() };
+    const turn: RunningTurn = {
+      key, turnId: randomUUID().replaceAll('-', ''), signal: controller.signal, controller, done: Promise.resolve(), leased: false, closed: false, lost: false,
+    };
+    // the previous turn of the key has closed but is still settling: this one starts once the conversation is free
+    const previous = this.running.get(key);
     this.running.set(key, turn);
     let plan: TurnPlan | null;
     span.set({ 'parley.turn_id': turn.turnId });
     try {
+      await previous?.done.catch(() => undefined);
       plan = await prepare(turn);
     } catch (err) {
       this.running.delete(key);
@@ -142,7 +181,6 @@ export class TurnRegistry {
       return null;
     }
     const run = plan;
-    if (run.ids.chatId !== null) this.stored.add(key);
     span.set({ 'parley.chat_id': run.ids.chatId ?? '', 'parley.app_id': run.ids.flowId, 'parley.user_id': run.ids.userId });
     turn.done = Promise.resolve().then(() => this.drive(turn, run)).finally(() => span.end());
     try {
@@ -163,9 +201,9 @@ export class TurnRegistry {
     return true;
   }
 
-  /** Asks whichever instance runs the turn of `key` to stop it. */
-  stopElsewhere(key: string): void {
-    this.deps.bus.sendControl({ type: 'stop', key });
+  /** Asks whichever instance runs turn `turnId` of `key` to stop it. */
+  stopElsewhere(key: string, turnId: string): void {
+    this.deps.bus.sendControl({ type: 'stop', key, turnId });
   }
 
   /** Resolves once the turn of `key` (if one runs) has ended. */
@@ -193,6 +231,7 @@ export class TurnRegistry {
     let deltas = 0;
     let failed = false;
     const publish = (body: ChatEventBody) => {
+      if (turn.lost) return;
       if (body.kind === 'delta' || body.kind === 'node_delta') {
         if (deltas++ === 0) firstDeltaAt = clock.now();
       } else if (body.kind === 'error') failed = true;
@@ -205,6 +244,7 @@ export class TurnRegistry {
       else publish(body);
     };
     const known = Promise.resolve(floor).then((fromSeq) => {
+      if (ids.chatId !== null) turn.leased = true;
       if (held) {
         seq = fromSeq;
         const early = held;
@@ -225,15 +265,16 @@ export class TurnRegistry {
     } finally {
       const fromSeq = await known.catch(() => null);
       if (fromSeq !== null) emit(extra ? { kind: 'close', extra } : { kind: 'close' });
-      this.running.delete(turn.key);
-      this.stored.delete(turn.key);
+      turn.closed = true;
       if (fromSeq !== null) {
         bus.endTurn(turn.key, this.deps.replayTtl);
-        // a settle that fails leaves the conversation taken: the sweeper (turn-sweeper.ts) frees it once its lease ran out
-        await seqs.settle(turn.key, ids.chatId, turn.turnId, seq).catch(() => undefined);
+        // a settle that fails leaves the conversation taken: the sweeper (turn-sweeper.ts) frees it once its lease ran out.
+        // A lost turn's conversation was settled by the instance that ended it.
+        if (!turn.lost) await seqs.settle(turn.key, ids.chatId, turn.turnId, seq).catch(() => undefined);
       } else {
         await seqs.abandon(turn.turnId).catch(() => undefined);
       }
+      if (this.running.get(turn.key) === turn) this.running.delete(turn.key);
       const outcome = { outcome: failed ? 'failed' as const : turn.signal.aborted ? 'stopped' as const : 'finished' as const, durationMs: clock.now() - startedAt, firstDeltaMs: deltas ? firstDeltaAt - startedAt : null, deltas };
       observer?.ended(outcome);
       this.deps.log?.debug?.({ chat_id: ids.chatId, turn_id: turn.turnId, ...outcome }, 'turn ended');

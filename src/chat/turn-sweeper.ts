@@ -24,8 +24,9 @@ const BATCH = 100;
  * can share its database) sweeps every running turn at start: nothing else can be running one.
  */
 export class TurnSweeper {
-  private timer: NodeJS.Timeout | null = null;
-  private running: Promise<unknown> = Promise.resolve();
+  private timers: NodeJS.Timeout[] = [];
+  private sweeping: Promise<unknown> = Promise.resolve();
+  private renewing: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly deps: {
     repos: Repos; bus: Bus; turns: TurnRegistry; seqs: TurnSeqs; owner: TurnOwner;
@@ -34,27 +35,51 @@ export class TurnSweeper {
     log?: { error(obj: object, msg: string): void; warn?(obj: object, msg: string): void } | undefined;
   }) {}
 
-  /** Sweeps now (every running turn when `all`), then renews and sweeps now and then until `stop`. */
+  /**
+   * Sweeps now (every running turn when `all`), then renews and sweeps every third of the lease
+   * until `stopSweeping` / `stop`. Renewing runs on its own, so a slow sweep never delays it.
+   */
   start(opts: { all: boolean }): void {
-    this.running = this.sweep(opts.all);
-    this.timer = setInterval(() => {
-      this.running = this.running.then(() => this.renew()).then(() => this.sweep(false));
-    }, Math.max(1000, Math.floor(this.deps.owner.leaseMs / 3)));
-    this.timer.unref();
+    const every = Math.max(1000, Math.floor(this.deps.owner.leaseMs / 3));
+    this.sweeping = this.sweep(opts.all);
+    // one renewal (one sweep) at a time: a slow one is not joined by the next
+    const renew = setInterval(() => {
+      this.renewing = this.renewing.then(() => this.renew());
+    }, every);
+    const sweep = setInterval(() => {
+      this.sweeping = this.sweeping.then(() => this.sweep(false));
+    }, every);
+    renew.unref();
+    sweep.unref();
+    this.timers = [renew, sweep];
+  }
+
+  /** Stops sweeping; leases are still renewed (the turns of a shutdown are still ending). */
+  async stopSweeping(): Promise<void> {
+    if (this.timers[1]) clearInterval(this.timers[1]);
+    await this.sweeping;
   }
 
   async stop(): Promise<void> {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
-    await this.running;
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    await Promise.all([this.sweeping, this.renewing]);
   }
 
-  /** Extends the leases of the turns this instance runs. */
+  /**
+   * Extends the leases of the turns this instance runs. A turn whose lease another instance took
+   * over (it had run out: the database was away too long, or this process stalled) was ended
+   * there, and stops here.
+   */
   async renew(): Promise<void> {
-    const mine = this.deps.turns.storedKeys();
+    const mine = this.deps.turns.leasedTurns();
     if (mine.length === 0) return;
-    await this.deps.repos.conversations.renewTurns(this.deps.owner.id, mine, this.deps.seqs.leaseUntil())
-      .catch((err: unknown) => this.deps.log?.error({ err }, 'could not renew the leases of running turns'));
+    try {
+      const held = await this.deps.repos.conversations.renewTurns(this.deps.owner.id, mine.map((t) => t.key), this.deps.seqs.leaseUntil());
+      for (const t of mine) if (!held.has(t.key)) this.deps.turns.lose(t.key, t.turnId);
+    } catch (err) {
+      this.deps.log?.error({ err }, 'could not renew the leases of running turns');
+    }
   }
 
   /** Ends the turns whose lease ran out (all running turns: `all`). @returns how many it ended */

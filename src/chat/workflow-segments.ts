@@ -21,7 +21,7 @@ import {
 import type { MessageRepo } from '../storage/message-repo.ts';
 import { isPersisted, workflowRow } from './message-rows.ts';
 import type { KeptRun, RunOwner, RunStore } from './run-store.ts';
-import type { TurnEmit, TurnIds } from './turn-registry.ts';
+import { isLost, type TurnEmit, type TurnIds } from './turn-registry.ts';
 
 /** The turn a segment runs in, as the workflow turns hand it over. */
 export interface Segment {
@@ -104,7 +104,8 @@ export class WorkflowSegments {
       error = this.workflowError(err, seg);
       after = error.code === 'invalid_request' && before ? before : WorkflowExecutor.failed(before ?? this.blankRun(), error, this.deps.clock.now());
     }
-    if (opts.keep !== false || error) await seg.runs.keep(seg.key, ownerOf(seg), after);
+    // a lost segment's run was put back to waiting by the instance that ended it
+    if ((opts.keep !== false || error) && !isLost(seg.signal)) await seg.runs.keep(seg.key, ownerOf(seg), after);
     if (error) seg.emit({ kind: 'error', code: error.code, message: error.message, data: error.data ?? null });
     return { run_id: after.run_id, run_status: after.status, usage: minus(after.usage, before?.usage ?? ZERO) };
   }
@@ -134,6 +135,7 @@ export class WorkflowSegments {
 
   /** Stores the events that last (before they are sent, so they carry their message id), then publishes. */
   private async publish(seg: Segment, body: WorkflowEventBody): Promise<void> {
+    if (isLost(seg.signal)) return;
     if (seg.ids.chatId !== null && isPersisted(body)) {
       const [row] = await this.deps.messages.insertMany([workflowRow(seg.ids, seg.turnId, body)]);
       body.messageId = row!.id;

@@ -100,23 +100,20 @@ export class WorkflowTurns {
     const ids = idsOf(principal, target);
     const runs = this.runsOf(target.chatId);
     return (await this.deps.turns.begin(key, async (turn) => {
-      let claimed: KeptRun | null = null;
-      try {
-        await this.deps.rate.consume(principal.id);
-        const run = await runs.load(key);
-        const mine = run !== null && run.userId === principal.id && run.appId === target.app.id;
-        if (mine && run.status === 'running') throw busyElsewhere();
-        const pending = mine && run.status === 'input' ? run.state.pending : null;
-        if (!run || !pending) {
-          throw AppError.invalid([{ path: 'data', message: `no workflow run waits for input here${run ? ` (the run is ${run.status})` : ''}` }], 'No workflow run waits for input');
-        }
-        if (input.nodeId !== pending.node_id) {
-          throw AppError.invalid([{ path: `data/${input.nodeId}`, message: `the run waits for node "${pending.node_id}"` }], 'The workflow waits for another node');
-        }
-        const values = this.deps.segments.expired(run.state) ? null : checkAnswer(pending.schema, input.data);
-        // one continuation per request, whichever instance gets the answer first
-        if (!(await runs.claim(run))) throw busyElsewhere();
-        claimed = run;
+      await this.deps.rate.consume(principal.id);
+      const run = await runs.load(key);
+      const mine = run !== null && run.userId === principal.id && run.appId === target.app.id;
+      if (mine && run.status === 'running') throw busyElsewhere();
+      const pending = mine && run.status === 'input' ? run.state.pending : null;
+      if (!run || !pending) {
+        throw AppError.invalid([{ path: 'data', message: `no workflow run waits for input here${run ? ` (the run is ${run.status})` : ''}` }], 'No workflow run waits for input');
+      }
+      if (input.nodeId !== pending.node_id) {
+        throw AppError.invalid([{ path: `data/${input.nodeId}`, message: `the run waits for node "${pending.node_id}"` }], 'The workflow waits for another node');
+      }
+      const values = this.deps.segments.expired(run.state) ? null : checkAnswer(pending.schema, input.data);
+      // one continuation per request, whichever instance gets the answer first
+      const prepared = await this.whileClaimed(runs, key, run, ids, target.version, async () => {
         if (target.chatId !== null && !(await this.deps.targets.own(principal, target))) throw AppError.notFound('Conversation not found');
         const floor = await this.deps.seqs.floor(key, target.chatId, turn.turnId);
         if (target.chatId !== null && values) {
@@ -125,12 +122,26 @@ export class WorkflowTurns {
           }));
         }
         const answer = { node_id: input.nodeId, data: input.data, message: input.message };
-        return { ids, floor, work: (emit) => this.deps.segments.answer(this.segment(turn, ids, target.version, emit), target.spec, run, answer) };
-      } catch (err) {
-        if (claimed) await runs.unclaim(key, claimed, ownerOf({ ids, version: target.version })).catch(() => undefined);
-        throw err;
-      }
+        return { ids, floor, work: (emit: TurnEmit) => this.deps.segments.answer(this.segment(turn, ids, target.version, emit), target.spec, run, answer) };
+      });
+      if (!prepared) throw busyElsewhere();
+      return prepared;
     }))!;
+  }
+
+  /**
+   * Prepares a segment of `run` with the run claimed for it (null: another instance claimed it
+   * first). Should preparing fail (the conversation taken elsewhere, the database), the claim is
+   * given back, or the run would stay "running" with nothing running it.
+   */
+  private async whileClaimed<T>(runs: RunStore, key: string, run: KeptRun, ids: TurnIds, version: number | null, prepare: () => Promise<T>): Promise<T | null> {
+    if (!(await runs.claim(run))) return null;
+    try {
+      return await prepare();
+    } catch (err) {
+      await runs.unclaim(key, run, ownerOf({ ids, version })).catch(() => undefined);
+      throw err;
+    }
   }
 
   /**
@@ -151,10 +162,13 @@ export class WorkflowTurns {
     let started: TurnStarted | null;
     try {
       started = await this.deps.turns.begin(key, async (turn) => {
-        if (expired && !(await runs.claim(run))) return null;
-        if (target.chatId !== null) await this.deps.targets.own(principal, target);
-        const floor = await this.deps.seqs.floor(key, target.chatId, turn.turnId);
-        return { ids, floor, work: (emit) => this.deps.segments.resend(this.segment(turn, ids, target.version, emit), run, expired) };
+        const prepare = async () => {
+          if (target.chatId !== null) await this.deps.targets.own(principal, target);
+          const floor = await this.deps.seqs.floor(key, target.chatId, turn.turnId);
+          return { ids, floor, work: (emit: TurnEmit) => this.deps.segments.resend(this.segment(turn, ids, target.version, emit), run, expired) };
+        };
+        // an expired request fails the run: claimed, as an answer would
+        return expired ? this.whileClaimed(runs, key, run, ids, target.version, prepare) : prepare();
       });
     } catch (err) {
       if (err instanceof AppError && err.code === 'conflict') return status('running');
@@ -184,11 +198,11 @@ export class WorkflowTurns {
     const run = await runs.load(key);
     if (!run || run.status !== 'input' || this.deps.turns.isRunning(key)) return false;
     const ids: TurnIds = { chatId, flowId: run.appId, userId: run.userId };
-    const started = await this.deps.turns.begin(key, async (turn) => {
-      if (!(await runs.claim(run))) return null;
+    const version = run.row?.version ?? null;
+    const started = await this.deps.turns.begin(key, (turn) => this.whileClaimed(runs, key, run, ids, version, async () => {
       const floor = await this.deps.seqs.floor(key, chatId, turn.turnId);
-      return { ids, floor, work: (emit) => this.deps.segments.stop(this.segment(turn, ids, run.row?.version ?? null, emit), run) };
-    });
+      return { ids, floor, work: (emit: TurnEmit) => this.deps.segments.stop(this.segment(turn, ids, version, emit), run) };
+    }));
     if (!started) return false;
     await this.deps.turns.settled(key);
     return true;

@@ -40,6 +40,9 @@ export function parseRedisUrl(url: string): RedisTarget {
   return { kind: 'sentinel', nodes: hostsOf(hosts!, 26379), name: decodeURIComponent(parts[0]), options: { ...auth, ...(db !== undefined && Number.isInteger(db) ? { db } : {}) } };
 }
 
+/** how long a command waits for Redis's answer */
+const COMMAND_TIMEOUT_MS = 2000;
+
 /**
  * A client for `url`. Commands fail at once while the server is unreachable instead of queueing
  * (the callers fall back to what this instance knows), and the client keeps reconnecting.
@@ -55,6 +58,8 @@ function create(url: string, options: RedisOptions): RedisClient {
   const target = parseRedisUrl(url);
   const common: RedisOptions = {
     enableOfflineQueue: false, maxRetriesPerRequest: 1, enableAutoPipelining: true,
+    // a server that stops answering without closing the connection (its host died) fails commands too
+    commandTimeout: COMMAND_TIMEOUT_MS,
     retryStrategy: (times) => Math.min(times * 200, 2000),
     ...options,
   };

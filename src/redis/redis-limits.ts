@@ -64,6 +64,11 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1`;
 
+/** Extends a connection's expiry and its user's set's. KEYS: the user's set. ARGV: expires, id, key ttl. */
+const REFRESH_CONNECTION = `
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])`;
+
 /**
  * Open WebSocket connections per user across every instance: a sorted set per user, each connection
  * scored with when it expires unless refreshed (every heartbeat), so the connections of an instance
@@ -92,6 +97,7 @@ export class RedisConnectionCounter implements ConnectionCounter {
 
   refresh(open: Array<{ userId: number; connectionId: string }>): void {
     const expires = this.opts.now() + this.opts.ttlMs;
-    for (const c of open) this.redis.zadd(this.key(c.userId), 'XX', expires, c.connectionId).catch(() => undefined);
+    // counted again if Redis was away when it opened (or lost the set meanwhile); the set outlives its connections' expiry
+    for (const c of open) this.redis.eval(REFRESH_CONNECTION, 1, this.key(c.userId), expires, c.connectionId, this.opts.ttlMs).catch(() => undefined);
   }
 }

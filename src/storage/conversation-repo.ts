@@ -129,12 +129,18 @@ export class ConversationRepo {
     await this.settle([actual, chatId, turnId]);
   }
 
-  /** Extends the leases of the turns `owner` runs (`chatIds`: those still running there). */
-  async renewTurns(owner: string, chatIds: string[], lease: string): Promise<void> {
+  /**
+   * Extends the leases of the turns `owner` runs (`chatIds`: those still running there).
+   * @returns the chat ids whose lease it extended: `owner` still holds them
+   */
+  async renewTurns(owner: string, chatIds: string[], lease: string): Promise<Set<string>> {
+    const renewed = new Set<string>();
     for (let i = 0; i < chatIds.length; i += 500) {
-      await this.db.updateTable('conversations').set({ turn_lease: lease })
-        .where('turn_owner', '=', owner).where('chat_id', 'in', chatIds.slice(i, i + 500)).execute();
+      const rows = await this.db.updateTable('conversations').set({ turn_lease: lease })
+        .where('turn_owner', '=', owner).where('chat_id', 'in', chatIds.slice(i, i + 500)).returning('chat_id').execute();
+      for (const r of rows) renewed.add(r.chat_id);
     }
+    return renewed;
   }
 
   /** Conversations whose turn's lease ran out before `before` (ISO): their instance stopped renewing it. */

@@ -21,11 +21,12 @@ describe.runIf(url)('Redis bus between instances', () => {
     if (clients[0]) await dropPrefix(clients[0], prefix);
     for (const c of clients) c.disconnect();
   });
-  const instance = async (at = url!, errors: unknown[] = []) => {
+  /** `wrap`: what the bus's command connection is seen through (a test that makes its commands fail) */
+  const instance = async (at = url!, errors: unknown[] = [], wrap = (c: RedisClient) => c) => {
     const [redis, sub] = [await redisClient(at), await redisClient(at)];
     clients.push(redis, sub);
     // as the server says it: conversations are shared, the scratch keys of unstored turns are not
-    const bus = new RedisBus(redis, sub, { prefix, replayTtl: 60, onError: (e) => errors.push(e), shared: (k) => !k.startsWith('scratch:') });
+    const bus = new RedisBus(wrap(redis), sub, { prefix, replayTtl: 60, onError: (e) => errors.push(e), shared: (k) => !k.startsWith('scratch:') });
     onTestFinished(() => bus.close());
     return bus;
   };
@@ -107,5 +108,80 @@ describe.runIf(url)('Redis bus between instances', () => {
       return onB.length > 0 ? true : undefined;
     }, 'B to get events again', 15_000);
     expect(onB.every((s) => s > 3)).toBe(true);
+  });
+
+  it('a batch lost to a Redis blip mid-turn: the shared log restarts after it, never replays across the hole', async () => {
+    let failing = false;
+    // the command connection as a blip leaves it: the scripts sent meanwhile fail
+    const blip = (c: RedisClient) => new Proxy(c, {
+      get(target, prop, receiver) {
+        const value = Reflect.get(target, prop, receiver) as unknown;
+        if (prop === 'evalsha' && typeof value === 'function') {
+          return (...args: unknown[]) => (failing ? Promise.reject(new Error('Connection is closed.')) : (value as (...a: unknown[]) => unknown).apply(target, args));
+        }
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const errors: unknown[] = [];
+    const [a, b] = [await instance(url!, errors, blip), await instance()];
+    const key = `kblip${Math.random()}`;
+    a.publish(ev(1, 't1', key));
+    await eventually(async () => ((await b.replay(key, 0))?.length === 1 ? true : undefined), 'the first event stored');
+    failing = true;
+    a.publish(ev(2, 't1', key));
+    a.publish(ev(3, 't1', key));
+    await eventually(() => (errors.length > 0 ? true : undefined), 'the lost batch');
+    failing = false;
+    a.publish(ev(4, 't1', key));
+    a.publish(ev(5, 't1', key));
+    await eventually(async () => ((await b.replay(key, 3))?.length === 2 ? true : undefined), 'the log after the hole');
+    expect((await b.replay(key, 3))!.map((e) => e.seq)).toEqual([4, 5]);
+    // before the hole Redis has no answer (B has none of its own): the client reloads instead of missing 2 and 3
+    expect(await b.replay(key, 0)).toBeNull();
+    // A has every event in its own log
+    expect((await a.replay(key, 0))!.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5]);
+  });
+
+  it('a conversation left while Redis was away is not listened to again once it is back', async () => {
+    const redis = await ownRedisServer();
+    onTestFinished(() => redis.stop());
+    const a = await instance(redis.url);
+    const key = 'kleft';
+    const channel = `${prefix}{${key}}:ev`;
+    const off = a.subscribe(key, () => undefined);
+    await a.whenSubscribed(key);
+    const probe = await redisClient(redis.url);
+    expect(await probe.pubsub('NUMSUB', channel)).toEqual([channel, 1]);
+    probe.disconnect();
+    await redis.stop();
+    await eventually(() => (clients.at(-1)!.status !== 'ready' ? true : undefined), 'the connection to drop');
+    off();
+    await redis.start();
+    const after = await redisClient(redis.url);
+    clients.push(after);
+    await eventually(async () => (clients.at(-2)!.status === 'ready' ? true : undefined), 'the subscriber back');
+    await eventually(async () => ((await after.pubsub('NUMSUB', `${prefix}control`)) as [string, number])[1] === 1 ? true : undefined, 'the control channel again');
+    await eventually(async () => ((await after.pubsub('NUMSUB', channel)) as [string, number])[1] === 0 ? true : undefined, 'the left channel dropped');
+  });
+
+  it("a message it cannot read (another version's) is dropped: the instance lives on and reads the next", async () => {
+    const errors: unknown[] = [];
+    const a = await instance(url!, errors);
+    const key = `kbad${Math.random()}`;
+    const got: number[] = [];
+    a.subscribe(key, (e) => got.push(e.seq));
+    await a.whenSubscribed(key);
+    const stops: string[] = [];
+    a.onControl((m) => stops.push(m.key));
+    const raw = clients[0]!;
+    await raw.publish(`${prefix}{${key}}:ev`, 'other-instance|{not json');
+    await raw.publish(`${prefix}{${key}}:ev`, 'other-instance|{"seq":"one"}');
+    await raw.publish(`${prefix}control`, 'other-instance|[1,2]');
+    await raw.publish(`${prefix}{${key}}:ev`, `other-instance|${JSON.stringify(ev(7, 't9', key))}`);
+    await raw.publish(`${prefix}control`, `other-instance|${JSON.stringify({ type: 'stop', key })}`);
+    await eventually(() => (got.length === 1 && stops.length === 1 ? true : undefined), 'the readable messages');
+    expect(got).toEqual([7]);
+    expect(stops).toEqual([key]);
+    expect(errors.length).toBeGreaterThan(0);
   });
 });

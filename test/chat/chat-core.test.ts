@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ChatService } from '../../src/chat/chat-service.ts';
 import type { ChatTarget } from '../../src/chat/targets.ts';
-import { TurnRegistry } from '../../src/chat/turn-registry.ts';
+import { isLost, TurnRegistry } from '../../src/chat/turn-registry.ts';
 import { TurnSeqs } from '../../src/chat/turn-seqs.ts';
 import { TurnSweeper } from '../../src/chat/turn-sweeper.ts';
 import { TurnEvents } from '../../src/chat/watch.ts';
@@ -71,6 +71,8 @@ describe('the chat core, without a server', () => {
     return seen;
   };
   const kinds = (events: ChatEvent[]) => events.map((e) => e.body.kind);
+  /** Until the turn of `key` has settled (its close comes first): the conversation is free again. */
+  const settled = (key: string) => eventually(() => (chat.isRunning(key) ? undefined : true), 'the turn to settle');
 
   it('a question is answered and stored; a repeated client_message_id is the same turn until replay_ttl', async () => {
     const chatId = newChatId();
@@ -146,10 +148,77 @@ describe('the chat core, without a server', () => {
     expect(await chat.checkWorkflow(alice, t, key)).toMatchObject({ started: null, run_id: null });
   });
 
+  it('a stop of a waiting run while another instance runs a segment of it reaches that instance, and the run still waits', async () => {
+    const { repos, bus } = handle.services;
+    const chatId = newChatId();
+    const t = await target(alice, 'workflow', chatId);
+    await turnOf(chatId, alice, () => chat.startWorkflow({ principal: alice, target: t }));
+    await settled(chatId);
+    // another instance sends the pending request again (check_status): the conversation is taken there
+    const elsewhere = 'f'.repeat(32);
+    const fromSeq = (await repos.conversations.reserveSeq(chatId, 10_000, { id: elsewhere, owner: 'other', lease: new Date(clock.now() + 30_000).toISOString() }))!;
+    const stops: Array<{ key: string; turnId?: string | undefined }> = [];
+    const off = bus.onControl((m) => {
+      stops.push({ key: m.key, turnId: m.turnId });
+      // that instance ends its segment when the stop reaches it
+      void repos.conversations.settleSeq(chatId, elsewhere, fromSeq + 1).then(() => {
+        bus.publish({ seq: fromSeq + 1, key: chatId, chatId, turnId: elsewhere, flowId: t.app.id, userId: alice.id, body: { kind: 'close' } });
+      });
+    });
+    try {
+      expect(await chat.stop(chatId)).toBe(true);
+    } finally {
+      off();
+    }
+    expect(stops).toEqual([{ key: chatId, turnId: elsewhere }]);
+    // this instance's attempt to stop the waiting run itself gave its claim back
+    expect(await repos.workflowRuns.get(chatId)).toMatchObject({ status: 'input' });
+  });
+
+  it('a turn whose lease was taken over (it ran out) stops here at once: the instance that took it stored and published its end', async () => {
+    const { repos, bus } = handle.services;
+    const chatId = newChatId();
+    await turnOf(chatId, alice, async () => chat.ask({ principal: alice, target: await target(alice, 'chat', chatId), text: 'first', inputs: { input: 'first' } }));
+    await settled(chatId);
+    const owner = { id: 'this one', leaseMs: 30_000, clock };
+    const seqs = new TurnSeqs(repos.conversations, owner);
+    const turns = new TurnRegistry({ bus, seqs, clock, replayTtl: 60 });
+    const sweeper = new TurnSweeper({ repos, bus, turns, seqs, owner, replayTtl: 60 });
+    const published: ChatEvent[] = [];
+    const unsubscribe = bus.subscribe(chatId, (e) => published.push(e));
+    let aborted: AbortSignal | null = null;
+    const started = (await turns.begin(chatId, async (turn) => {
+      aborted = turn.signal;
+      return {
+        ids: { chatId, flowId: 'app', userId: alice.id }, floor: await seqs.floor(chatId, chatId, turn.turnId),
+        work: async (emit) => {
+          emit({ kind: 'delta', content: 'streaming', reasoning: '' });
+          await new Promise((resolve) => turn.signal.addEventListener('abort', resolve));
+          emit({ kind: 'delta', content: 'after the end', reasoning: '' });
+        },
+      };
+    }))!;
+    await eventually(() => (turns.leasedTurns().length === 1 ? true : undefined), 'the lease held');
+    await sweeper.renew();
+    expect(turns.isRunning(chatId)).toBe(true);
+    // the lease ran out (this process stalled) and another instance's sweep took the turn over
+    const row = (await repos.conversations.get(chatId))!;
+    expect(await repos.conversations.claimTurn(chatId, started.turnId, row.turn_lease!, 'the sweeper', new Date(clock.now() + 30_000).toISOString())).toBe(true);
+    await sweeper.renew();
+    await turns.settled(chatId);
+    unsubscribe();
+    expect(isLost(aborted!)).toBe(true);
+    expect(published.map((e) => e.body.kind)).toEqual(['begin', 'delta']);
+    // the conversation stays the sweeper's to settle
+    expect(await repos.conversations.get(chatId)).toMatchObject({ turn_id: started.turnId, turn_owner: 'the sweeper' });
+    await repos.conversations.settleSeq(chatId, started.turnId, started.fromSeq + 4);
+  });
+
   it("a turn whose instance stopped renewing its lease is ended by a sweep: partial answer stored once, watchers told, the conversation free", async () => {
     const { repos, bus } = handle.services;
     const chatId = newChatId();
     await turnOf(chatId, alice, async () => chat.ask({ principal: alice, target: await target(alice, 'chat', chatId), text: 'first', inputs: { input: 'first' } }));
+    await settled(chatId);
     const app = await demoApp({ handle } as TestServer, 'chat');
     // what a dead instance leaves: the conversation taken, the question stored, a few events published
     const lease = (ms: number) => new Date(clock.now() + ms).toISOString();
@@ -187,6 +256,7 @@ describe('the chat core, without a server', () => {
     const { repos } = handle.services;
     const chatId = newChatId();
     await turnOf(chatId, alice, async () => chat.ask({ principal: alice, target: await target(alice, 'chat', chatId), text: 'before the crash', inputs: { input: 'before the crash' } }));
+    await settled(chatId);
     const app = await demoApp({ handle } as TestServer, 'chat');
     // what a crashed process leaves: its turn holds the conversation with a lease still running
     const fromSeq = (await repos.conversations.reserveSeq(chatId, 10_000, { id: 'e'.repeat(32), owner: 'crashed', lease: new Date(clock.now() + 600_000).toISOString() }))!;

@@ -6,6 +6,7 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import type { Config, DeepPartial } from '../../src/config/config.ts';
+import { RedisConnectionCounter } from '../../src/redis/redis-limits.ts';
 import { MockLlm } from '../fixtures/mock-llm.ts';
 import { newChatId } from '../helpers/apps.ts';
 import { demoApp } from '../helpers/seed.ts';
@@ -159,5 +160,28 @@ describe.runIf(redis && postgres)('what instances share in Redis', { timeout: 60
       return kinds(next).includes('answer/end_cover') ? true : undefined;
     }, 'a turn to work again');
     expect((await fetch(`${a.url}/health`)).status).toBe(200);
+  });
+});
+
+describe.runIf(redis)('the connection count in Redis', () => {
+  it('a heartbeat keeps the count alive past its first expiry, and counts a connection Redis missed', async () => {
+    const client = await redisClient(redis!);
+    const prefix = testPrefix();
+    onTestFinished(async () => {
+      await dropPrefix(client, prefix);
+      client.disconnect();
+    });
+    const counter = new RedisConnectionCounter(client, { prefix, ttlMs: 30_000, now: () => Date.now() });
+    const key = `${prefix}connections:{7}`;
+    expect(await counter.open(7, 'c1', 2)).toBe(true);
+    // the set about to expire (the user's last connect was a while ago): a heartbeat extends it
+    await client.pexpire(key, 50);
+    counter.refresh([{ userId: 7, connectionId: 'c1' }]);
+    await eventually(async () => ((await client.pttl(key)) > 1000 ? true : undefined), 'the set extended');
+    // a connection admitted while Redis was away (or whose set expired) is counted at its next heartbeat
+    await client.del(key);
+    counter.refresh([{ userId: 7, connectionId: 'c1' }, { userId: 7, connectionId: 'c2' }]);
+    await eventually(async () => ((await client.zcard(key)) === 2 ? true : undefined), 'both counted');
+    expect(await counter.open(7, 'c3', 2)).toBe(false);
   });
 });

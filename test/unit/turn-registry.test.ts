@@ -4,15 +4,17 @@
  */
 import { describe, expect, it } from 'vitest';
 import { MemoryBus } from '../../src/bus/memory-bus.ts';
-import { TurnRegistry, type TurnOutcome, type TurnPlan } from '../../src/chat/turn-registry.ts';
+import { isLost, TurnRegistry, type Turn, type TurnOutcome, type TurnPlan } from '../../src/chat/turn-registry.ts';
 import { TurnSeqs } from '../../src/chat/turn-seqs.ts';
 import { AppError } from '../../src/domain/errors.ts';
 import type { ChatEvent } from '../../src/domain/events.ts';
+import { eventually } from '../helpers/wait.ts';
 
 const CHAT = 'c'.repeat(32);
 const ids = { chatId: CHAT, flowId: 'app', userId: 7 };
 
-function setup() {
+/** `settling`: what each settle waits for first (a slow database) */
+function setup(settling: Promise<void> = Promise.resolve()) {
   const bus = new MemoryBus();
   const reserved = new Map<string, { last: number; turn: string | null }>();
   const settled: Array<[string, string, number]> = [];
@@ -25,6 +27,7 @@ function setup() {
       return row.last;
     },
     async settleSeq(chatId, turnId, actual) {
+      await settling;
       settled.push([chatId, turnId, actual]);
       if (reserved.get(chatId)?.turn === turnId) reserved.set(chatId, { last: actual, turn: null });
     },
@@ -123,6 +126,59 @@ describe('TurnRegistry', () => {
     bus.sendControl({ type: 'stop', key: CHAT });
     await turns.settled(CHAT);
     expect(events.at(-1)!.body).toEqual({ kind: 'close', extra: { stopped: true } });
+  });
+
+  it('a stop that names an earlier turn (it arrived late) leaves the turn running now be', async () => {
+    const { bus, turns, kinds } = setup();
+    const first = await turns.begin(CHAT, async () => ({ ids, floor: 0, work: async () => undefined }));
+    await turns.settled(CHAT);
+    let release = () => undefined as void;
+    const second = await turns.begin(CHAT, async (turn) => {
+      const gated = gatedPlan(turn.signal, 2);
+      release = gated.release;
+      return gated.plan;
+    });
+    bus.sendControl({ type: 'stop', key: CHAT, turnId: first!.turnId });
+    expect(turns.isRunning(CHAT)).toBe(true);
+    bus.sendControl({ type: 'stop', key: CHAT, turnId: second!.turnId });
+    await turns.settled(CHAT);
+    expect(kinds().slice(2)).toEqual(['begin', 'delta', 'close']);
+    release();
+  });
+
+  it('a question sent as soon as the close arrived waits for the turn to settle instead of getting 10409', async () => {
+    let settle = () => undefined as void;
+    const { turns, seqs, events, settled } = setup(new Promise<void>((resolve) => { settle = resolve; }));
+    const reserving = async (turn: Turn): Promise<TurnPlan> => ({ ids, floor: await seqs.floor(CHAT, CHAT, turn.turnId), work: async () => undefined });
+    const first = await turns.begin(CHAT, reserving);
+    await eventually(() => (events.at(-1)?.body.kind === 'close' ? true : undefined), 'the close');
+    const next = turns.begin(CHAT, reserving);
+    // a third is refused: the second has the key
+    await expect(turns.begin(CHAT, async () => null)).rejects.toMatchObject({ code: 'conflict' });
+    expect(settled).toEqual([]);
+    settle();
+    expect(await next).toMatchObject({ fromSeq: 2 });
+    await turns.settled(CHAT);
+    expect(settled).toEqual([[CHAT, first!.turnId, 2], [CHAT, (await next)!.turnId, 4]]);
+  });
+
+  it('a turn whose lease another instance took over stops at once, and publishes and settles nothing more', async () => {
+    const { turns, kinds, settled } = setup();
+    let signal: AbortSignal | null = null;
+    const started = await turns.begin(CHAT, async (turn) => {
+      signal = turn.signal;
+      return gatedPlan(turn.signal, 0).plan;
+    });
+    await eventually(() => (turns.leasedTurns().length === 1 ? true : undefined), 'the lease to be held');
+    expect(turns.leasedTurns()).toEqual([{ key: CHAT, turnId: started!.turnId }]);
+    turns.lose(CHAT, 'another turn');
+    expect(turns.isRunning(CHAT)).toBe(true);
+    turns.lose(CHAT, started!.turnId);
+    await turns.settled(CHAT);
+    expect(isLost(signal!)).toBe(true);
+    expect(kinds()).toEqual(['begin', 'delta']);
+    expect(settled).toEqual([]);
+    expect(turns.isRunning(CHAT)).toBe(false);
   });
 
   it('a work that throws ends with an error event, then close; the observer counts each outcome once', async () => {
